@@ -1,0 +1,163 @@
+"""`python -m replicate ...`: the notebooks' runs from a shell, for clusters and for DVC stages.
+
+    python -m replicate run paper=resnet experiment=resnet110_cifar10 profile=full trainer.devices=8
+    python -m replicate notebook resnet --profile reduced      # papermill, reports/resnet/reduced/
+    python -m replicate data fashion_mnist                    # make a dataset ready (DVC stages)
+    python -m replicate scoreboard                            # reports/scoreboard.md
+    python -m replicate groups                                # config groups, papers' experiments
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from .config import PROJECT_ROOT, compose, groups
+from .errors import ReplicateError
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .experiment import run
+
+    paper, profile, overrides = None, "reduced", []
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        if key == "paper":
+            paper = value
+        elif key == "profile":
+            profile = value
+        else:
+            overrides.append(item)
+    if paper is None:
+        raise ReplicateError("Name the paper: python -m replicate run paper=<id> experiment=<name> [overrides]")
+    result = run(compose(paper, profile, overrides), force=args.force)
+    print(json.dumps(result, indent=2))
+
+
+def execute_notebook(paper: str, profile: str, overrides: list[str], report_root: Path) -> Path:
+    """Execute notebooks/<paper>.ipynb with papermill into reports/<paper>/<profile>/.
+
+    Everything is written into a staging folder first and renamed into place only when the
+    notebook succeeds; on failure the staging folder is kept as `<profile>.failed/` (for the
+    executed notebook and its traceback) and no `<profile>/` folder is left to look finished.
+    """
+    import papermill
+
+    from .tables import replace_dir, write_scoreboard
+
+    notebook = PROJECT_ROOT / "notebooks" / f"{paper}.ipynb"
+    compose(paper, profile, overrides)  # fail fast, before a kernel starts, on a bad name or override
+    final = report_root / paper / profile
+    staging = final.with_name(f".{profile}.partial")
+    failed = final.with_name(f"{profile}.failed")
+    for stale in (staging, failed):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(staging / notebook.name),
+            parameters={"profile": profile, "overrides": list(overrides), "report_dir": str(staging.resolve())},
+            cwd=str(PROJECT_ROOT), progress_bar=False, log_output=False,
+        )
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(failed)
+        raise
+    replace_dir(staging, final)
+    write_scoreboard(report_root)
+    return final
+
+
+def params_overrides(params_file: Path, paper: str, profile: str) -> list[str]:
+    """The overrides params.yaml holds for `<paper>.<profile>` (what DVC tracks for the stage)."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(params_file)
+    return list(OmegaConf.select(params, f"{paper}.{profile}.overrides", default=[]) or [])
+
+
+def _notebook(args: argparse.Namespace) -> None:
+    root = Path(args.report_root) if args.report_root else PROJECT_ROOT / "reports"
+    overrides = params_overrides(Path(args.params), args.paper, args.profile) if args.params else []
+    out = execute_notebook(args.paper, args.profile, overrides + args.overrides, root)
+    print(f"{args.paper} ({args.profile}): reports in {out}")
+
+
+def _data(args: argparse.Namespace) -> None:
+    from .data import prepare
+
+    data_dir = Path(args.data_dir) if args.data_dir else Path(compose("resnet", "reduced").paths.data_dir)
+    folder = prepare(args.name, data_dir, download=args.download)
+    if args.index:
+        write_index(folder, Path(args.index))
+    print(folder)
+
+
+def write_index(folder: Path, index: Path) -> None:
+    """A small JSON listing of a dataset folder (class folders and file counts per split), so
+    that a DVC stage can depend on a dataset checked in place without hashing all of it."""
+    listing = {}
+    for split in sorted(p for p in folder.iterdir() if p.is_dir()):
+        classes = sorted(p for p in split.iterdir() if p.is_dir())
+        listing[split.name] = {"classes": len(classes), "files": sum(1 for c in classes for f in c.iterdir())}
+    tmp = index.with_suffix(".tmp")
+    tmp.write_text(json.dumps(listing, indent=2, sort_keys=True))
+    tmp.replace(index)
+
+
+def _scoreboard(args: argparse.Namespace) -> None:
+    from .tables import write_scoreboard
+
+    print(write_scoreboard(Path(args.report_root) if args.report_root else PROJECT_ROOT / "reports"))
+
+
+def _groups(args: argparse.Namespace) -> None:
+    for group, options in groups().items():
+        print(f"{group}: {', '.join(options)}")
+    for paper in groups()["paper"]:
+        cfg = compose(paper, "reduced")
+        print(f"experiment (paper={paper}): {', '.join(cfg.paper.get('experiments') or [])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m replicate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train/evaluate one experiment (cached by config hash)")
+    p.add_argument("overrides", nargs="*", help="paper=<id> experiment=<name> [profile=reduced|full] [key=value ...]")
+    p.add_argument("--force", action="store_true", help="train again even if a finished result exists")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("notebook", help="execute a paper's notebook with papermill into reports/")
+    p.add_argument("paper")
+    p.add_argument("--profile", default="reduced")
+    p.add_argument("--report-root", default=None)
+    p.add_argument("--params", default=None, help="params.yaml whose <paper>.<profile>.overrides are applied first")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_notebook)
+
+    p = sub.add_parser("data", help="make a dataset ready under data/ (fashion_mnist, cifar10, cifar100, imagenet)")
+    p.add_argument("name")
+    p.add_argument("--download", action="store_true", help="download where a network exists (torchvision)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--index", default=None, help="also write a JSON index of the folder here (ImageNet)")
+    p.set_defaults(func=_data)
+
+    p = sub.add_parser("scoreboard", help="write reports/scoreboard.md from every report present")
+    p.add_argument("--report-root", default=None)
+    p.set_defaults(func=_scoreboard)
+
+    p = sub.add_parser("groups", help="list config groups, their options and each paper's experiments")
+    p.set_defaults(func=_groups)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ReplicateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

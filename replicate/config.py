@@ -1,0 +1,160 @@
+"""`compose(paper, profile, overrides)`: the only Hydra entry point of the workbook.
+
+It composes `conf/config.yaml` with the paper and profile groups selected, expands
+`experiment=<name>` into that experiment's group choices and overrides (from
+`paper.experiments`), lets the profile swap the dataset (the reduced profile trains on
+Fashion-MNIST where the paper used CIFAR or ImageNet), and appends the user's overrides last
+so that they win. Bad names raise `ConfigError` with the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError, choices
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+def groups() -> dict[str, list[str]]:
+    """Each config group and the options it offers, e.g. {'profile': ['full', 'reduced'], ...}."""
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(CONF_DIR.iterdir())
+        if d.is_dir()
+    }
+
+
+def papers() -> list[str]:
+    return groups()["paper"]
+
+
+def _check_group_choice(key: str, value: str) -> None:
+    options = groups().get(key)
+    if options is not None and value not in options:
+        raise ConfigError(f"Unknown {key} {value!r} (override '{key}={value}').{choices(value, options)}")
+
+
+def _split(overrides: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Pull `experiment=NAME` out of the overrides and check the group choices in the rest."""
+    experiment, rest = None, []
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(
+                f"Override {item!r} is not of the form key=value (e.g. 'recipe.max_steps=100', 'data=cifar10')."
+            )
+        key, value = item.split("=", 1)
+        key = key.lstrip("+~")
+        if key == "experiment":
+            experiment = value
+            continue
+        if key in ("paper", "profile"):
+            raise ConfigError(f"Pass the {key} as compose()'s argument, not as the override {item!r}.")
+        _check_group_choice(key, value)
+        rest.append(item)
+    return experiment, rest
+
+
+def _hydra(overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except (ConfigCompositionException, OverrideParseException, MissingConfigException) as exc:
+        # Hydra's message names the key ("Could not override 'recipe.lrr'. Key 'lrr' is not in struct").
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise ConfigError(
+            f"Bad override in {overrides[2:]}: {exc}{cause}. Keys must exist in conf/ "
+            "(prefix a new key with '+'); group choices are listed by `python -m replicate groups`."
+        ) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved configuration of `paper` at `profile`, with Hydra `overrides` applied.
+
+    `overrides` may hold `experiment=<name>` to select one of the paper's experiments.
+    """
+    _check_group_choice("paper", paper)
+    _check_group_choice("profile", profile)
+    experiment, user = _split(list(overrides))
+    base = [f"paper={paper}", f"profile={profile}"]
+    cfg = _hydra(base + user)
+    if experiment is None:
+        return _anchor_paths(cfg)
+
+    known = cfg.paper.get("experiments") or {}
+    if experiment not in known:
+        raise ConfigError(
+            f"Unknown experiment {experiment!r} for paper {paper!r} (override 'experiment=...')."
+            f"{choices(experiment, known)}"
+        )
+    substitute = cfg.profile.get("substitute_data") or {}
+    expanded = []
+    for item in known[experiment]:
+        key, value = item.split("=", 1)
+        if key == "data" and value in substitute:
+            value = substitute[value]
+        expanded.append(f"{key}={value}")
+    cfg = _hydra(base + expanded + user)
+    with _writable(cfg):
+        cfg.experiment = experiment
+    return _anchor_paths(cfg)
+
+
+def _anchor_paths(cfg: DictConfig) -> DictConfig:
+    """Relative paths are taken from the project root, so a notebook run from notebooks/ (as
+    JupyterLab does) reads and writes the same data/, runs/ and reports/ as the shell."""
+    with _writable(cfg):
+        for key, value in cfg.paths.items():
+            if not Path(value).is_absolute():
+                cfg.paths[key] = str(PROJECT_ROOT / value)
+    return cfg
+
+
+class _writable:
+    """Temporarily lift OmegaConf's struct flag (Hydra returns struct configs)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    def __enter__(self):
+        OmegaConf.set_struct(self.cfg, False)
+        return self.cfg
+
+    def __exit__(self, *exc):
+        OmegaConf.set_struct(self.cfg, True)
+
+
+# The parts of a config that decide what a run computes. Paths, logging, the paper's reported
+# tables and the progress display do not change the result, so they stay out of the hash.
+_RESULT_KEYS = ("experiment", "seed", "data", "model", "recipe", "trainer", "speed")
+_COSMETIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+
+
+def run_spec(cfg: DictConfig) -> dict:
+    """The plain-dict slice of `cfg` that determines a run's result."""
+    spec = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+            for k in _RESULT_KEYS}
+    spec["data"].pop("download", None)
+    for key in _COSMETIC_TRAINER_KEYS:
+        spec["trainer"].pop(key, None)
+    spec["paper"] = cfg.paper.id
+    return spec
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short stable hash of `run_spec(cfg)`: the cache key of a run."""
+    blob = json.dumps(run_spec(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

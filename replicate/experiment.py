@@ -1,0 +1,191 @@
+"""`run(cfg)`: train and evaluate one experiment, cached under the hash of its resolved config.
+
+A run lives in `<paths.run_dir>/<paper>/<experiment>/<hash>/`:
+
+    config.yaml          the resolved config
+    checkpoints/last.ckpt  written every `recipe.checkpoint_every_steps`; a rerun resumes from it
+    logs/attempt-N/metrics.csv  Lightning's CSV log of each attempt (a resume starts a new one)
+    result.json          written last and atomically: its presence means the run is finished
+
+So a notebook executed after a cluster run (`python -m replicate run ...`) finds result.json and
+trains nothing; a run killed half-way continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from . import models
+from .complexity import count_params
+from .config import compose, config_hash
+from .data import build_datamodule
+from .errors import ConfigError, DatasetMissingError
+from .tasks import ClassificationTask
+
+log = logging.getLogger(__name__)
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.run_dir) / cfg.paper.id / (cfg.experiment or "adhoc") / config_hash(cfg)
+
+
+def build_model(cfg: DictConfig):
+    """The experiment's network, sized for the dataset in use (classes, input channels)."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
+    return models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
+
+
+def load_result(cfg: DictConfig) -> dict | None:
+    path = run_dir(cfg) / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # In-memory datasets are fed without worker processes on purpose (DESIGN: no workers for
+    # in-memory data); Lightning's advice to add workers does not apply.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def _loggers(cfg: DictConfig, directory: Path) -> list:
+    attempt = 1 + sum(1 for _ in (directory / "logs").glob("attempt-*"))
+    loggers = [CSVLogger(save_dir=str(directory), name="logs", version=f"attempt-{attempt}")]
+    if cfg.logger.name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=cfg.logger.project, mode=cfg.logger.mode, save_dir=str(directory),
+                                   name=f"{cfg.paper.id}/{cfg.experiment}", config=OmegaConf.to_container(cfg)))
+    elif cfg.logger.name != "csv":
+        raise ConfigError(f"logger={cfg.logger.name!r} is not supported. Allowed: csv, wandb.")
+    return loggers
+
+
+def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] = ()) -> dict:
+    """Train and test the experiment `cfg` describes and return its metrics (errors in percent).
+
+    A finished run with the same config hash is returned from disk without training
+    (`force=True` trains again); an unfinished one resumes from its last checkpoint.
+    """
+    if cfg.experiment is None:
+        raise ConfigError("run() needs an experiment: compose(paper, profile, ['experiment=<name>']).")
+    directory = run_dir(cfg)
+    result_path = directory / "result.json"
+    if result_path.exists() and not force:
+        return {**json.loads(result_path.read_text()), "cached": True}
+
+    _quiet_lightning()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    recipe = cfg.recipe
+    checkpoint = ModelCheckpoint(dirpath=directory / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=recipe.checkpoint_every_steps)
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        max_steps=recipe.max_steps,
+        max_epochs=-1,
+        val_check_interval=recipe.val_every_steps,
+        check_val_every_n_epoch=None,  # validate every val_every_steps iterations, across epochs
+        num_sanity_val_steps=0,
+        callbacks=[checkpoint, *callbacks],
+        logger=_loggers(cfg, directory),
+        default_root_dir=str(directory),
+    )
+    if recipe.batch_size % trainer.world_size:
+        raise ConfigError(f"recipe.batch_size={recipe.batch_size} does not split over {trainer.world_size} devices.")
+    datamodule = build_datamodule(
+        cfg.data, data_dir=cfg.paths.data_dir, batch_size=recipe.batch_size // trainer.world_size,
+        augment=recipe.augment, normalize=recipe.normalize, seed=cfg.seed,
+        num_workers=min(8, os.cpu_count() or 1) if cfg.data.name == "imagenet" else 0,
+    )
+    model = build_model(cfg)
+    task = ClassificationTask(model, recipe, num_classes=cfg.data.num_classes, channels_last=cfg.speed.channels_last, compile_model=cfg.speed.compile)
+    last = directory / "checkpoints" / "last.ckpt"
+    resumed_from = str(last) if last.exists() and not force else None
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from)
+    train_seconds = time.perf_counter() - start
+    tested = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+
+    result = {
+        "paper": cfg.paper.id,
+        "experiment": cfg.experiment,
+        "profile": cfg.profile.name,
+        "config_hash": config_hash(cfg),
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "params": count_params(model),
+        "steps": trainer.global_step,
+        "test_top1_err": 100.0 * (1.0 - float(tested["test/top1_acc"])),
+        "test_top5_err": 100.0 * (1.0 - float(tested["test/top5_acc"])),
+        "train_err_final": getattr(task, "final_train_error", None),
+        "train_seconds": round(train_seconds, 2),
+        "resumed_from_step": _checkpoint_step(resumed_from),
+        "run_dir": str(directory),
+    }
+    if trainer.is_global_zero:
+        tmp = result_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, result_path)
+    return {**result, "cached": False}
+
+
+def _checkpoint_step(path: str | None) -> int | None:
+    if path is None:
+        return None
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments: Sequence[str] | None = None,
+            *, verbose: bool = True) -> dict[str, dict]:
+    """Run (or load) every experiment the paper lists for `profile` (or those named)."""
+    names = list(experiments) if experiments is not None else None
+    if names is None:
+        names = list(compose(paper, profile, overrides).paper.runs[profile])
+    results = {}
+    for name in names:
+        cfg = compose(paper, profile, [*overrides, f"experiment={name}"])
+        try:
+            result = run(cfg)
+        except DatasetMissingError as exc:
+            # One absent dataset (say ImageNet) leaves its rows `not_run`; the others still run.
+            results[name] = {"experiment": name, "profile": profile, "dataset": cfg.data.name, "not_run": str(exc)}
+            if verbose:
+                print(f"{name:<22} not run: {cfg.data.name} is missing (see the table notes)")
+            continue
+        results[name] = result
+        if verbose:
+            how = "cached" if result["cached"] else f"trained {result['steps']} steps in {result['train_seconds']:.0f} s"
+            print(f"{name:<22} {how:<28} test top-1 error {result['test_top1_err']:.2f}%")
+    return results
+
+
+def load_curves(result: dict) -> pd.DataFrame:
+    """The run's logged metrics by step, attempts merged; `val/top1_err` (%) derived from the accuracy."""
+    frames = []
+    for attempt in sorted(Path(result["run_dir"]).glob("logs/attempt-*/metrics.csv"),
+                          key=lambda p: int(p.parent.name.split("-")[1])):
+        frames.append(pd.read_csv(attempt))
+    if not frames:
+        return pd.DataFrame(columns=["step"])
+    df = pd.concat(frames, ignore_index=True)
+    # A resumed attempt re-logs from its checkpoint's step: keep the latest value per step.
+    df = df.groupby("step", as_index=False).last().sort_values("step")
+    if "val/top1_acc" in df:
+        df["val/top1_err"] = 100.0 * (1.0 - df["val/top1_acc"])
+    return df

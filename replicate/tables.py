@@ -1,0 +1,280 @@
+"""Reported-vs-measured tables, and the files under `reports/<paper>/<profile>/`.
+
+Every compared cell becomes one row of a long-form table with the columns `COLUMNS`; `status`
+is `match` (within tolerance), `off` (outside it), `reduced` (measured on the reduced profile,
+not comparable to the paper) or `not_run` (with the reason in `note`). The paper's numbers and
+tolerances come from `conf/paper/<id>.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from . import models
+from .complexity import Complexity, count
+from .errors import ConfigError, ExactTableMismatch, FloorNotMet
+
+COLUMNS = ["table", "row", "metric", "paper", "ours", "unit", "delta", "tolerance", "status", "source", "note"]
+STATUSES = ("match", "off", "reduced", "not_run")
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def rounding_tolerance(value: float) -> float:
+    """Half a unit of the last digit printed in `value` (0.27 -> 0.005, 19.4 -> 0.05)."""
+    text = repr(float(value))
+    decimals = len(text.split(".")[1].rstrip("0")) if "." in text else 0
+    return 0.5 * 10.0 ** (-decimals)
+
+
+def _tolerance(spec: Mapping, cell: Mapping) -> float:
+    tol = cell.get("tolerance", spec.get("tolerance"))
+    if tol == "rounding":
+        return rounding_tolerance(cell["paper"])
+    if not isinstance(tol, (int, float)):
+        raise ConfigError(f"table {spec['id']}: tolerance must be a number or 'rounding', not {tol!r}")
+    return float(tol)
+
+
+class Report:
+    """Collects one paper's regenerated tables, plots and checks for one profile."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.paper = cfg.paper
+        self.profile = cfg.profile.name
+        self.frames: dict[str, pd.DataFrame] = {}
+        self.extra_columns: dict[str, pd.DataFrame] = {}
+        self.figures: dict[str, tuple[matplotlib.figure.Figure, pd.DataFrame | None]] = {}
+        self.runs: dict[str, dict] = {}
+        self._counted: dict[tuple, Complexity] = {}
+
+    # -- table specs ----------------------------------------------------------------------------
+    def spec(self, table_id: str, section: str = "tables") -> dict:
+        for spec in self.paper.get(section) or []:
+            if spec.id == table_id:
+                return OmegaConf.to_container(spec, resolve=True)
+        known = [s.id for s in self.paper.get(section) or []]
+        raise ConfigError(f"paper {self.paper.id!r} has no {section[:-1]} {table_id!r}. Known: {', '.join(known)}.")
+
+    def _row(self, spec: dict, cell: dict, **values) -> dict:
+        return {"table": spec["id"], "row": cell["row"], "metric": cell.get("metric", spec.get("metric")),
+                "paper": cell.get("paper"), "unit": cell.get("unit", spec.get("unit", "")),
+                "source": cell.get("source", spec["source"]), "note": cell.get("note", ""), **values}
+
+    def _store(self, table_id: str, rows: list[dict]) -> pd.DataFrame:
+        frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
+        self.frames[table_id] = frame
+        return frame
+
+    # -- exact tables: computed from the model definitions ------------------------------------------
+    def complexity(self, name: str, input_size, **kwargs) -> Complexity:
+        """Counted once per (model, input, kwargs) and kept: no model is built twice for a report."""
+        key = (name, tuple(input_size), tuple(sorted(kwargs.items())))
+        if key not in self._counted:
+            self._counted[key] = count(models.build(name, **kwargs), input_size)
+        return self._counted[key]
+
+    def exact(self, table_id: str) -> pd.DataFrame:
+        spec = self.spec(table_id)
+        if spec["kind"] != "exact":
+            raise ConfigError(f"table {table_id} is {spec['kind']!r}, not 'exact'")
+        rows, params = [], []
+        for cell in spec["cells"]:
+            c = self.complexity(cell["model"], spec["input_size"], **spec.get("model_kwargs", {}))
+            ours = getattr(c, spec["quantity"])
+            tol = _tolerance(spec, cell)
+            delta = ours - cell["paper"]
+            status = "match" if abs(delta) <= tol + 1e-12 else "off"
+            rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status))
+            params.append({"row": cell["row"], "params (M)": c.mparams, "multiply-adds (G)": c.gmacs})
+        if spec.get("show_params"):
+            self.extra_columns[table_id] = pd.DataFrame(params)
+        return self._store(table_id, rows)
+
+    # -- measured tables: from experiment results ---------------------------------------------------
+    def measured(self, table_id: str, results: Mapping[str, dict]) -> pd.DataFrame:
+        spec = self.spec(table_id)
+        self.runs.update(results)
+        planned = set(self.paper.runs[self.profile])
+        rows = []
+        for cell in spec["cells"]:
+            result = results.get(cell["experiment"])
+            quantity = cell.get("quantity", spec.get("quantity"))
+            tol = _tolerance(spec, cell)
+            if result is None or "not_run" in result:
+                if result is not None:
+                    reason = result["not_run"]
+                elif cell["experiment"] not in planned:
+                    reason = f"not in the {self.profile} profile's runs (conf/paper/{self.paper.id}.yaml: runs.{self.profile})"
+                else:
+                    reason = "not run in this execution"
+                rows.append(self._row(spec, cell, ours=None, delta=None, tolerance=tol, status="not_run",
+                                      note=_join(cell.get("note"), reason)))
+                continue
+            ours = result[quantity]
+            delta = ours - cell["paper"]
+            if result.get("profile", self.profile) != "full":
+                status = "reduced"
+                note = _join(cell.get("note"), f"{result['dataset']}, {result['steps']} iterations")
+            else:
+                status = "match" if abs(delta) <= tol else "off"
+                note = cell.get("note", "")
+            rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status, note=note))
+        return self._store(table_id, rows)
+
+    def claims(self, claim_id: str, results: Mapping[str, dict]) -> pd.DataFrame:
+        """Qualitative claims `lhs op rhs`, checked on the runs at hand (any profile)."""
+        spec = self.spec(claim_id, "claims")
+        self.runs.update(results)
+        rows = []
+        for cell in spec["cells"]:
+            lhs, rhs = results.get(cell["lhs"]), results.get(cell["rhs"])
+            base = dict(paper="holds", tolerance=None, delta=None, metric=spec["quantity"], unit="")
+            if lhs is None or rhs is None or "not_run" in lhs or "not_run" in rhs:
+                rows.append(self._row(spec, cell, **base, ours=None, status="not_run",
+                                      note=f"needs {cell['lhs']} and {cell['rhs']}"))
+                continue
+            a, b = lhs[spec["quantity"]], rhs[spec["quantity"]]
+            holds = _OPS[cell["op"]](a, b)
+            note = f"{cell['lhs']} {a:.2f} {cell['op']} {cell['rhs']} {b:.2f}"
+            if lhs.get("profile") != "full":
+                note += f" ({lhs['dataset']}, {lhs['steps']} iterations)"
+            rows.append(self._row(spec, cell, **base, ours="holds" if holds else "does not hold",
+                                  status="match" if holds else "off", note=note))
+        return self._store(claim_id, rows)
+
+    def view(self, table_id: str) -> pd.DataFrame:
+        """The table as a reader wants it: formatted numbers, ± tolerance, extra columns."""
+        frame = self.frames[table_id]
+        shown = frame[["row", "metric", "paper", "ours", "delta", "tolerance", "status", "note"]].copy()
+        for col in ("ours", "delta"):
+            shown[col] = shown[col].map(_fmt)
+        shown["tolerance"] = shown["tolerance"].map(lambda v: "" if v is None or _isnan(v) else f"±{v:g}")
+        if table_id in self.extra_columns:
+            shown = shown.merge(self.extra_columns[table_id], on="row", how="left")
+        return shown
+
+    def add_figure(self, name: str, figure, data: pd.DataFrame | None = None) -> None:
+        self.figures[name] = (figure, data)
+
+    # -- checks ------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Fail on any exact cell off its tolerance, and on any run below its profile's floor."""
+        exact_ids = {s.id for s in self.paper.get("tables") or [] if s.kind == "exact"}
+        off = [f"{r.table} / {r.row}: paper {r.paper}, ours {r.ours:.4g} (tolerance {r.tolerance:g})"
+               for t, f in self.frames.items() if t in exact_ids for r in f.itertuples() if r.status == "off"]
+        if off:
+            raise ExactTableMismatch("Exact cells outside their tolerance:\n  " + "\n  ".join(off))
+        floors = (self.paper.get("floors") or {}).get(self.profile) or {}
+        low = [f"{name}: test accuracy {100 - self.runs[name]['test_top1_err']:.2f}% < floor {100 * floor:.0f}%"
+               for name, floor in floors.items()
+               if name in self.runs and "not_run" not in self.runs[name] and (100 - self.runs[name]["test_top1_err"]) / 100 < floor]
+        if low:
+            raise FloorNotMet("Runs below their accuracy floor (conf/paper/%s.yaml: floors):\n  %s"
+                              % (self.paper.id, "\n  ".join(low)))
+
+    def counts(self) -> dict[str, int]:
+        frame = pd.concat(self.frames.values()) if self.frames else pd.DataFrame(columns=COLUMNS)
+        counts = {s: int((frame["status"] == s).sum()) for s in STATUSES}
+        counts["cells"] = int(len(frame))
+        return counts
+
+    # -- output ------------------------------------------------------------------------------------
+    def markdown(self) -> str:
+        specs = {s.id: s for s in [*(self.paper.get("tables") or []), *(self.paper.get("claims") or [])]}
+        lines = [f"# {self.paper.title} ({self.paper.venue}, arXiv {self.paper.arxiv})", "",
+                 f"Profile: **{self.profile}**. Status: " + ", ".join(f"{k} {v}" for k, v in self.counts().items()), ""]
+        for table_id in self.frames:
+            lines += [f"## {specs[table_id].title}", "", f"Source: {specs[table_id].source}.", ""]
+            lines += [self.view(table_id).to_markdown(index=False, floatfmt=".4g"), ""]
+        if self.runs:
+            lines += ["## Runs", "", pd.DataFrame(
+                [{"experiment": k, **{c: v.get(c) for c in ("dataset", "steps", "test_top1_err", "train_err_final",
+                                                          "train_seconds", "cached")}}
+                 for k, v in self.runs.items()]).to_markdown(index=False, floatfmt=".4g"), ""]
+        return "\n".join(lines)
+
+    def metrics(self) -> dict:
+        return {
+            "paper": self.paper.id,
+            "profile": self.profile,
+            "cells": self.counts(),
+            "runs": {k: {c: v.get(c) for c in ("test_top1_err", "test_top5_err", "train_err_final", "steps")}
+                     for k, v in self.runs.items()},
+        }
+
+    def default_dir(self) -> Path:
+        return Path(self.cfg.paths.report_dir) / self.paper.id / self.profile
+
+    def write(self, report_dir: str | Path | None = None) -> Path:
+        """Write the CSVs, tables.md, metrics.json and plots.
+
+        With no `report_dir` the files go to `reports/<paper>/<profile>/`, replaced as a whole
+        (written beside it, then renamed), so a failure never leaves a half-written folder there.
+        With a `report_dir` (the CLI's staging folder) they are written into it directly.
+        """
+        final = Path(report_dir) if report_dir is not None else self.default_dir()
+        target = final if report_dir is not None else final.with_name(f".{final.name}.partial-{os.getpid()}")
+        target.mkdir(parents=True, exist_ok=True)
+        for table_id, frame in self.frames.items():
+            frame.to_csv(target / f"{table_id}.csv", index=False)
+        for name, (figure, data) in self.figures.items():
+            figure.savefig(target / f"{name}.png", dpi=120, bbox_inches="tight")
+            if data is not None:
+                data.to_csv(target / f"{name}.csv", index=False)
+        (target / "tables.md").write_text(self.markdown())
+        (target / "metrics.json").write_text(json.dumps(self.metrics(), indent=2))
+        if report_dir is None:
+            replace_dir(target, final)
+            write_scoreboard(Path(self.cfg.paths.report_dir))
+        return final
+
+
+def replace_dir(source: Path, destination: Path) -> None:
+    """Move `source` to `destination`, replacing what was there, never leaving a mix of both."""
+    old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+    if destination.exists():
+        destination.rename(old)
+    source.rename(destination)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_scoreboard(report_root: Path) -> Path:
+    """`reports/scoreboard.md`: per paper and profile, cells regenerated, matched, off, not run."""
+    rows = []
+    for path in sorted(Path(report_root).glob("*/*/metrics.json")):
+        m = json.loads(path.read_text())
+        rows.append({"paper": m["paper"], "profile": m["profile"], **m["cells"]})
+    frame = pd.DataFrame(rows, columns=["paper", "profile", "cells", *STATUSES])
+    text = ["# Scoreboard", "",
+            "Cells regenerated per paper and profile: `match` within the paper's tolerance, `off` outside "
+            "it, `reduced` measured at reduced scale (not comparable), `not_run` with its reason in the "
+            "paper's tables.md.", "", frame.to_markdown(index=False) if rows else "(no reports yet)", ""]
+    out = Path(report_root) / "scoreboard.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(text))
+    return out
+
+
+def _join(*parts) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _fmt(v) -> str:
+    if v is None or _isnan(v):
+        return ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

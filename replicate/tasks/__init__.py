@@ -1,0 +1,4 @@
+"""LightningModules: one per kind of task."""
+from .classification import ClassificationTask
+
+__all__ = ["ClassificationTask"]

@@ -1,0 +1,85 @@
+"""compose(): groups, experiments, profiles, overrides, errors; every experiment composes."""
+
+import pytest
+
+from replicate.config import compose, config_hash, groups
+from replicate.errors import ConfigError
+
+
+def test_groups_present():
+    g = groups()
+    for group in ("paper", "model", "data", "profile", "trainer", "logger", "recipe"):
+        assert g[group], group
+    assert g["profile"] == ["full", "reduced"] and g["logger"] == ["csv", "wandb"]
+
+
+@pytest.mark.parametrize("profile", ["reduced", "full"])
+def test_every_experiment_of_every_paper_composes(profile):
+    for paper in groups()["paper"]:
+        cfg = compose(paper, profile)
+        for name in cfg.paper.experiments:
+            exp = compose(paper, profile, [f"experiment={name}"])
+            assert exp.experiment == name and exp.model.name and exp.recipe.max_steps > 0
+        for name in cfg.paper.runs[profile]:
+            assert name in cfg.paper.experiments
+
+
+def test_reduced_profile_substitutes_fashion_mnist_and_rescales():
+    cfg = compose("resnet", "reduced", ["experiment=resnet110_cifar10"])
+    assert cfg.data.name == "fashion_mnist" and cfg.data.channels == 1 and cfg.data.image_size == 16
+    assert cfg.model.name == "resnet110" and cfg.model.shortcut == "A"
+    assert cfg.recipe.warmup.enabled and cfg.recipe.max_steps == 160 and cfg.recipe.lr == 0.1
+    assert cfg.trainer.accelerator == "cpu"
+
+
+def test_full_profile_keeps_the_papers_data_and_recipe():
+    cfg = compose("resnet", "full", ["experiment=resnet50_imagenet"])
+    assert cfg.data.name == "imagenet" and cfg.data.eval_crops == 10
+    assert cfg.recipe.max_steps == 600_000 and cfg.recipe.batch_size == 256 and cfg.recipe.schedule == "plateau"
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.speed.channels_last
+    cifar = compose("resnet", "full", ["experiment=resnet20_cifar10"])
+    assert cifar.recipe.max_steps == 64_000 and list(cifar.recipe.milestones) == [0.5, 0.75]
+
+
+def test_user_overrides_win_over_experiment_and_profile():
+    cfg = compose("resnet", "reduced", ["experiment=resnet20_cifar10", "data=cifar10", "recipe.max_steps=7"])
+    assert cfg.data.name == "cifar10" and cfg.recipe.max_steps == 7
+
+
+def test_paths_are_anchored_at_the_project_root():
+    from pathlib import Path
+
+    cfg = compose("resnet", "reduced")
+    assert all(Path(p).is_absolute() for p in cfg.paths.values())
+
+
+def test_config_hash_tracks_what_changes_results_only():
+    base = compose("resnet", "reduced", ["experiment=resnet20_cifar10"])
+    assert config_hash(base) == config_hash(compose("resnet", "reduced", ["experiment=resnet20_cifar10"]))
+    assert config_hash(base) != config_hash(compose("resnet", "reduced", ["experiment=resnet20_cifar10", "recipe.lr=0.2"]))
+    assert config_hash(base) != config_hash(compose("resnet", "reduced", ["experiment=resnet56_cifar10"]))
+    assert config_hash(base) == config_hash(compose("resnet", "reduced", ["experiment=resnet20_cifar10",
+                                                                          "paths.run_dir=/elsewhere",
+                                                                          "trainer.enable_progress_bar=true"]))
+
+
+@pytest.mark.parametrize("paper,profile,overrides,message", [
+    ("resnt", "reduced", [], "Unknown paper 'resnt'.*Did you mean 'resnet'"),
+    ("resnet", "tiny", [], "Unknown profile 'tiny'.*Allowed: full, reduced"),
+    ("resnet", "reduced", ["experiment=resnet21_cifar10"], "Unknown experiment 'resnet21_cifar10'.*Allowed:"),
+    ("resnet", "reduced", ["data=cifar11"], "Unknown data 'cifar11'.*Did you mean 'cifar10'"),
+    ("resnet", "reduced", ["recipe.lrr=0.1"], "recipe.lrr"),
+    ("resnet", "reduced", ["lr"], "not of the form key=value"),
+    ("resnet", "reduced", ["profile=full"], "Pass the profile as compose"),
+])
+def test_bad_input_names_the_key_and_the_choices(paper, profile, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        compose(paper, profile, overrides)
+
+
+def test_reported_numbers_carry_source_and_tolerance():
+    cfg = compose("resnet", "reduced")
+    for table in cfg.paper.tables:
+        assert table.source and table.get("tolerance") is not None, table.id
+        for cell in table.cells:
+            assert isinstance(cell.paper, (int, float)), (table.id, cell.row)

@@ -1,0 +1,99 @@
+"""Reported-vs-measured tables: statuses, tolerances, checks, written reports, scoreboard."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from replicate.config import compose
+from replicate.errors import ExactTableMismatch, FloorNotMet
+from replicate.tables import COLUMNS, Report, rounding_tolerance, write_scoreboard
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return compose("resnet", "reduced", [f"paths.report_dir={tmp_path / 'reports'}"])
+
+
+def fake_result(name, err, train_err=None, profile="reduced", dataset="fashion_mnist"):
+    return {"experiment": name, "test_top1_err": err, "test_top5_err": err / 5, "train_err_final": train_err,
+            "profile": profile, "dataset": dataset, "steps": 160, "run_dir": "/nonexistent"}
+
+
+@pytest.mark.parametrize("value,tol", [(0.27, 0.005), (1.7, 0.05), (19.4, 0.05), (11.3, 0.05), (3.0, 0.5)])
+def test_rounding_tolerance(value, tol):
+    assert rounding_tolerance(value) == pytest.approx(tol)
+
+
+def test_exact_tables_match_the_paper(cfg):
+    report = Report(cfg)
+    for table in ("table1", "table6_params"):
+        frame = report.exact(table)
+        assert list(frame.columns) == COLUMNS
+        assert (frame["status"] == "match").all(), frame
+    report.check()
+
+
+def test_a_wrong_paper_value_is_off_and_fails_the_check(cfg):
+    OmegaConf.update(cfg, "paper.tables.0.cells.2.paper", 4.1, force_add=False)  # ResNet-50: 3.858 counted
+    report = Report(cfg)
+    frame = report.exact("table1")
+    assert frame.set_index("row").loc["ResNet-50", "status"] == "off"
+    with pytest.raises(ExactTableMismatch, match="ResNet-50"):
+        report.check()
+
+
+def test_measured_reduced_cells_are_reduced_and_missing_ones_not_run(cfg):
+    report = Report(cfg)
+    frame = report.measured("table6_error", {"resnet20_cifar10": fake_result("resnet20_cifar10", 25.0)}).set_index("row")
+    assert frame.loc["ResNet-20", "status"] == "reduced" and frame.loc["ResNet-20", "delta"] == pytest.approx(16.25)
+    assert frame.loc["ResNet-32", "status"] == "not_run"
+    assert "runs.reduced" in frame.loc["ResNet-32", "note"]
+    missing = {"resnet56_cifar10": {"experiment": "resnet56_cifar10", "not_run": "CIFAR-10 is missing: get it"}}
+    frame = report.measured("table6_error", missing).set_index("row")
+    assert frame.loc["ResNet-56", "note"] == "CIFAR-10 is missing: get it"
+
+
+def test_measured_full_cells_compare_with_tolerance(tmp_path):
+    cfg = compose("resnet", "full", [f"paths.report_dir={tmp_path}"])
+    results = {"resnet20_cifar10": fake_result("resnet20_cifar10", 8.9, profile="full", dataset="cifar10"),
+               "resnet56_cifar10": fake_result("resnet56_cifar10", 8.0, profile="full", dataset="cifar10")}
+    frame = Report(cfg).measured("table6_error", results).set_index("row")
+    assert frame.loc["ResNet-20", "status"] == "match"  # 8.9 vs 8.75, tolerance 0.5
+    assert frame.loc["ResNet-56", "status"] == "off"  # 8.0 vs 6.97
+
+
+def test_claims(cfg):
+    results = {"plain20_cifar10": fake_result("plain20_cifar10", 30, 30.0),
+               "plain56_cifar10": fake_result("plain56_cifar10", 80, 85.0),
+               "resnet20_cifar10": fake_result("resnet20_cifar10", 25, 25.0),
+               "resnet56_cifar10": fake_result("resnet56_cifar10", 40, 45.0)}
+    frame = Report(cfg).claims("fig6", results).set_index("row")
+    assert frame["status"].tolist() == ["match", "off", "match"]
+    assert frame.iloc[1]["ours"] == "does not hold"
+
+
+def test_floors(cfg):
+    report = Report(cfg)
+    report.measured("table6_error", {"resnet20_cifar10": fake_result("resnet20_cifar10", 50.0)})
+    with pytest.raises(FloorNotMet, match="resnet20_cifar10: test accuracy 50.00% < floor 65%"):
+        report.check()
+
+
+def test_write_is_complete_and_updates_the_scoreboard(cfg, tmp_path):
+    report = Report(cfg)
+    report.exact("table1")
+    report.measured("table2", {})
+    out = report.write()
+    assert out == tmp_path / "reports" / "resnet" / "reduced"
+    assert {p.name for p in out.iterdir()} == {"table1.csv", "table2.csv", "tables.md", "metrics.json"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cells"] == {"match": 5, "off": 0, "reduced": 0, "not_run": 4, "cells": 9}
+    assert "| resnet  | reduced   |       9 |       5 |" in (tmp_path / "reports" / "scoreboard.md").read_text()
+    assert not list(out.parent.glob(".*"))  # no partial folders left behind
+    md = (out / "tables.md").read_text()
+    assert "ResNet-152" in md and "params (M)" in md
+
+
+def test_scoreboard_with_nothing(tmp_path):
+    assert "no reports yet" in write_scoreboard(tmp_path).read_text()
