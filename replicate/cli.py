@@ -154,7 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("groups", help="list config groups, their options and each paper's experiments")
     p.set_defaults(func=_groups)
 
-    args = parser.parse_args(argv)
+    # Overrides may follow options (`notebook resnet --profile full trainer.devices=8`), which
+    # argparse does not assign to a positional already passed: take the key=value leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or not all("=" in item and not item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except ReplicateError as exc:

@@ -58,6 +58,7 @@ def _quiet_lightning() -> None:
     # In-memory datasets are fed without worker processes on purpose (DESIGN: no workers for
     # in-memory data); Lightning's advice to add workers does not apply.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning 2.6 itself
 
 
 def _loggers(cfg: DictConfig, directory: Path) -> list:
@@ -115,6 +116,7 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
     task = ClassificationTask(model, recipe, num_classes=cfg.data.num_classes, channels_last=cfg.speed.channels_last, compile_model=cfg.speed.compile)
     last = directory / "checkpoints" / "last.ckpt"
     resumed_from = str(last) if last.exists() and not force else None
+    resumed_step = _checkpoint_step(resumed_from)  # read now: fit() overwrites last.ckpt
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from)
     train_seconds = time.perf_counter() - start
@@ -133,7 +135,7 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
         "test_top5_err": 100.0 * (1.0 - float(tested["test/top5_acc"])),
         "train_err_final": getattr(task, "final_train_error", None),
         "train_seconds": round(train_seconds, 2),
-        "resumed_from_step": _checkpoint_step(resumed_from),
+        "resumed_from_step": resumed_step,
         "run_dir": str(directory),
     }
     if trainer.is_global_zero:

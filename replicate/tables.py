@@ -153,6 +153,14 @@ class Report:
                                   status="match" if holds else "off", note=note))
         return self._store(claim_id, rows)
 
+    def claim_summary(self, claim_id: str) -> str:
+        """One line per claim: whether it shows on these runs, and the numbers behind it."""
+        lines = []
+        for r in self.frames[claim_id].itertuples():
+            verdict = {"match": "shows", "off": "does not show", "not_run": "was not checked"}[r.status]
+            lines.append(f"- {r.row}: {verdict} here ({r.note}).")
+        return "\n".join(lines)
+
     def view(self, table_id: str) -> pd.DataFrame:
         """The table as a reader wants it: formatted numbers, ± tolerance, extra columns."""
         frame = self.frames[table_id]

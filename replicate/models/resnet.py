@@ -215,51 +215,51 @@ def plain34(**kw) -> ResNet:
 
 
 # CIFAR-10 networks of Table 6 and Fig. 6 (option A shortcuts, Sec. 4.2).
-@register
+@register(input_size=(3, 32, 32))
 def resnet20(**kw) -> ResNet:
     return _cifar_net(20, residual=True, **kw)
 
 
-@register
+@register(input_size=(3, 32, 32))
 def resnet32(**kw) -> ResNet:
     return _cifar_net(32, residual=True, **kw)
 
 
-@register
+@register(input_size=(3, 32, 32))
 def resnet44(**kw) -> ResNet:
     return _cifar_net(44, residual=True, **kw)
 
 
-@register
+@register(input_size=(3, 32, 32))
 def resnet56(**kw) -> ResNet:
     return _cifar_net(56, residual=True, **kw)
 
 
-@register
+@register(input_size=(3, 32, 32))
 def resnet110(**kw) -> ResNet:
     return _cifar_net(110, residual=True, **kw)
 
 
-@register
+@register(input_size=(3, 32, 32))
 def resnet1202(**kw) -> ResNet:
     return _cifar_net(1202, residual=True, **kw)
 
 
-@register
+@register(input_size=(3, 32, 32))
 def plain20(**kw) -> ResNet:
     return _cifar_net(20, residual=False, **kw)
 
 
-@register
+@register(input_size=(3, 32, 32))
 def plain32(**kw) -> ResNet:
     return _cifar_net(32, residual=False, **kw)
 
 
-@register
+@register(input_size=(3, 32, 32))
 def plain44(**kw) -> ResNet:
     return _cifar_net(44, residual=False, **kw)
 
 
-@register
+@register(input_size=(3, 32, 32))
 def plain56(**kw) -> ResNet:
     return _cifar_net(56, residual=False, **kw)

@@ -1,0 +1,53 @@
+"""`python -m replicate`: bad input fails fast with the fix; run, data and groups work."""
+
+import json
+import subprocess
+import sys
+
+from replicate.cli import main
+from replicate.config import PROJECT_ROOT
+from tests.fakes import write_idx_fashion_mnist, write_imagenet_folder
+
+
+def cli(*args, cwd=PROJECT_ROOT):
+    return subprocess.run([sys.executable, "-m", "replicate", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_bad_override_fails_before_any_kernel_or_folder(tmp_path):
+    done = cli("notebook", "resnet", "--profile", "reduced", "--report-root", str(tmp_path), "recipe.lrr=0.1")
+    assert done.returncode == 2 and "recipe.lrr" in done.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_paper_and_profile(tmp_path):
+    done = cli("notebook", "resnt", "--report-root", str(tmp_path))
+    assert done.returncode == 2 and "Did you mean 'resnet'" in done.stderr
+    done = cli("run", "paper=resnet", "profile=tiny", "experiment=resnet20_cifar10")
+    assert done.returncode == 2 and "Allowed: full, reduced" in done.stderr
+
+
+def test_run_from_the_shell(tmp_path, capsys):
+    write_idx_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
+    code = main(["run", "paper=resnet", "experiment=resnet20_cifar10", f"paths.data_dir={tmp_path / 'data'}",
+                 f"paths.run_dir={tmp_path / 'runs'}", "recipe.max_steps=4", "recipe.batch_size=32",
+                 "recipe.val_every_steps=4", "recipe.checkpoint_every_steps=4", "data.train_subset=128",
+                 "data.test_subset=32"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):])["steps"] == 4
+    assert list((tmp_path / "runs" / "resnet" / "resnet20_cifar10").glob("*/result.json"))
+
+
+def test_data_commands(tmp_path):
+    done = cli("data", "cifar10", "--data-dir", str(tmp_path))
+    assert done.returncode == 2 and "cifar-10-python.tar.gz" in done.stderr
+    write_imagenet_folder(tmp_path, classes=3, per_class=2)
+    index = tmp_path / "imagenet.index.json"
+    done = cli("data", "imagenet", "--data-dir", str(tmp_path), "--index", str(index))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(index.read_text())["train"] == {"classes": 3, "files": 6}
+
+
+def test_groups_lists_experiments():
+    done = cli("groups")
+    assert done.returncode == 0 and "resnet110_cifar10" in done.stdout and "profile: full, reduced" in done.stdout

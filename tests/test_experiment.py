@@ -1,0 +1,87 @@
+"""experiment.run: learning, the result cache, checkpoint resume, ResNet-110's warm-up, missing data."""
+
+import json
+
+import lightning as L
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+from replicate import experiment
+from replicate.config import compose
+from replicate.errors import DatasetMissingError
+from tests.fakes import write_idx_fashion_mnist
+
+
+def small_cfg(tmp_path, name="resnet20_cifar10", steps=24, **extra):
+    """The reduced profile on a fake Fashion-MNIST of 256 images (8 iterations an epoch of 32)."""
+    write_idx_fashion_mnist(tmp_path / "data", n_train=256, n_test=64)
+    overrides = [f"experiment={name}", f"paths.data_dir={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'runs'}",
+                 "data.train_subset=256", "data.test_subset=64", "recipe.batch_size=32",
+                 f"recipe.max_steps={steps}", "recipe.val_every_steps=8", "recipe.checkpoint_every_steps=8",
+                 "trainer.log_every_n_steps=4", *[f"{k}={v}" for k, v in extra.items()]]
+    return compose("resnet", "reduced", overrides)
+
+
+def test_a_short_run_learns_and_is_cached(tmp_path, monkeypatch):
+    cfg = small_cfg(tmp_path, steps=40)
+    result = experiment.run(cfg)
+    assert result["steps"] == 40 and not result["cached"]
+    assert result["test_top1_err"] < 50.0  # chance is 90%: the class bands are learned
+    assert result["train_err_final"] is not None
+    saved = json.loads((experiment.run_dir(cfg) / "result.json").read_text())
+    assert saved["test_top1_err"] == result["test_top1_err"]
+    curves = experiment.load_curves(result)
+    assert {"train/err", "val/top1_err", "lr"} <= set(curves.columns)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached run must not train")
+
+    monkeypatch.setattr(L.Trainer, "fit", no_training)
+    again = experiment.run(small_cfg(tmp_path, steps=40))
+    assert again["cached"] and again["test_top1_err"] == result["test_top1_err"]
+
+
+class StopAt(Callback):
+    """Simulates a killed job: raises once training reaches `step` (after its checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated interruption")
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    cfg = small_cfg(tmp_path, steps=24)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        experiment.run(cfg, callbacks=[StopAt(8)])  # one epoch of 8 iterations done
+    directory = experiment.run_dir(cfg)
+    assert (directory / "checkpoints" / "last.ckpt").exists() and not (directory / "result.json").exists()
+
+    result = experiment.run(small_cfg(tmp_path, steps=24))
+    assert result["resumed_from_step"] == 8 and result["steps"] == 24
+    curves = experiment.load_curves(result)
+    assert curves["step"].min() < 8 and curves["step"].max() >= 23  # both attempts' logs merged
+
+
+def test_warmup_holds_lr_until_training_error_drops(tmp_path):
+    """ResNet-110 (Sec. 4.2): lr 0.01 until the training error is below 80%, then back to 0.1."""
+    cfg = small_cfg(tmp_path, name="resnet110_cifar10", steps=24, **{"recipe.warmup.window": 4,
+                                                                       "model.name": "resnet20"})
+    assert cfg.recipe.warmup.enabled
+    result = experiment.run(cfg)
+    lr = experiment.load_curves(result)[["step", "lr"]].dropna()
+    assert lr["lr"].iloc[0] == pytest.approx(0.01)
+    assert lr["lr"].max() == pytest.approx(0.1)  # the error fell below 80%: warm-up ended
+    assert (lr["lr"].diff().fillna(0) >= -1e-9).iloc[: lr["lr"].idxmax()].all()
+
+
+def test_missing_dataset_is_a_clear_error_and_a_not_run_row(tmp_path):
+    cfg = compose("resnet", "reduced", ["experiment=resnet20_cifar10", "data=cifar10",
+                                        f"paths.data_dir={tmp_path}", f"paths.run_dir={tmp_path / 'runs'}"])
+    with pytest.raises(DatasetMissingError, match="cifar-10-python.tar.gz"):
+        experiment.run(cfg)
+    results = experiment.run_all("resnet", "reduced", [f"paths.data_dir={tmp_path}", f"paths.run_dir={tmp_path / 'runs'}",
+                                                       "data=cifar10"], ["resnet20_cifar10"], verbose=False)
+    assert "cifar-10-batches-py" in results["resnet20_cifar10"]["not_run"]

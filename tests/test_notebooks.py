@@ -1,0 +1,74 @@
+"""Notebooks: committed clean, and executed by papermill on the reduced profile as DVC runs them."""
+
+import json
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from replicate.cli import execute_notebook
+from replicate.config import PROJECT_ROOT
+
+NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs_and_with_a_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not any(c.outputs or c.execution_count for c in code)
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and 'profile = "reduced"' in params[0].source
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """The resnet notebook run once, as the reduced DVC stage runs it, into temporary folders."""
+    root = tmp_path_factory.mktemp("resnet")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REPLICATE_RUN_DIR", str(root / "runs"))
+    start = time.perf_counter()
+    out = execute_notebook("resnet", "reduced", [], root / "reports")
+    seconds = time.perf_counter() - start
+    print(f"\nresnet notebook, reduced profile: {seconds:.0f} s")
+    yield root, out
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_resnet_notebook_regenerates_its_tables(executed):
+    root, out = executed
+    assert out == root / "reports" / "resnet" / "reduced"
+    names = {p.name for p in out.iterdir()}
+    assert {"table1.csv", "table6_params.csv", "table6_error.csv", "table2.csv", "table3.csv", "fig6.csv",
+            "tables.md", "metrics.json", "fig6_curves.png", "fig6_curves.csv", "resnet.ipynb"} <= names
+    for exact in ("table1", "table6_params"):
+        assert (pd.read_csv(out / f"{exact}.csv")["status"] == "match").all()
+    errors = pd.read_csv(out / "table6_error.csv").set_index("row")
+    assert set(errors.loc[["ResNet-20", "ResNet-56"], "status"]) == {"reduced"}
+    assert set(errors.loc[["ResNet-32", "ResNet-44", "ResNet-110", "ResNet-1202"], "status"]) == {"not_run"}
+    assert set(pd.read_csv(out / "table3.csv")["status"]) == {"not_run"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cells"]["off"] in (0, 1, 2, 3)  # only claim rows may be off; exact cells matched above
+    assert set(metrics["runs"]) == {"resnet20_cifar10", "resnet56_cifar10", "plain20_cifar10", "plain56_cifar10"}
+    curves = pd.read_csv(out / "fig6_curves.csv")
+    assert set(curves["curve"]) == {"train", "test"} and curves["step"].max() >= 200
+    executed_nb = nbformat.read(out / "resnet.ipynb", as_version=4)
+    assert all(c.execution_count for c in executed_nb.cells if c.cell_type == "code")
+    assert "resnet  | reduced" in (root / "reports" / "scoreboard.md").read_text()
+    assert not (out.parent / ".reduced.partial").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_check_leaves_no_finished_looking_report(executed):
+    """An exact cell off its tolerance fails the notebook; reports/resnet/reduced/ disappears."""
+    import papermill
+
+    root, out = executed
+    with pytest.raises(papermill.PapermillExecutionError, match="ExactTableMismatch"):
+        # Cached runs: only the tables are recomputed, against a wrong paper value for ResNet-18.
+        execute_notebook("resnet", "reduced", ["paper.tables.0.cells.0.paper=2.5"], root / "reports")
+    assert not out.exists() and not (out.parent / ".reduced.partial").exists()
+    assert (out.parent / "reduced.failed" / "resnet.ipynb").exists()
