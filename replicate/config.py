@@ -74,8 +74,8 @@ def _hydra(overrides: list[str]) -> DictConfig:
         # Hydra's message names the key ("Could not override 'recipe.lrr'. Key 'lrr' is not in struct").
         cause = f" ({exc.__cause__})" if exc.__cause__ else ""
         raise ConfigError(
-            f"Bad override in {overrides[2:]}: {exc}{cause}. Keys must exist in conf/ "
-            "(prefix a new key with '+'); group choices are listed by `python -m replicate groups`."
+            f"Bad override: {exc}{cause}. Keys must exist in conf/ (prefix a new key with '+'); "
+            "group choices are listed by `python -m replicate groups`."
         ) from None
     finally:
         GlobalHydra.instance().clear()
@@ -90,9 +90,11 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
     _check_group_choice("profile", profile)
     experiment, user = _split(list(overrides))
     base = [f"paper={paper}", f"profile={profile}"]
-    cfg = _hydra(base + user)
     if experiment is None:
-        return _anchor_paths(cfg)
+        return _anchor_paths(_hydra(base + user))
+    # First the paper and profile alone (the user's overrides may name keys that only the
+    # experiment's groups have), then everything in order: experiment, then the user's.
+    cfg = _hydra(base)
 
     known = cfg.paper.get("experiments") or {}
     if experiment not in known:
@@ -138,19 +140,37 @@ class _writable:
 
 
 # The parts of a config that decide what a run computes. Paths, logging, the paper's reported
-# tables and the progress display do not change the result, so they stay out of the hash.
+# tables and the progress display do not change the result, so they stay out of the hash. Nor do
+# the device count and strategy: the recipe's batch is the global batch, split over the devices,
+# so a cluster run is the same experiment (batch norm then sees the per-device batch, as in the
+# paper's own 8-GPU training). The code that trains is in the hash through its fingerprint.
 _RESULT_KEYS = ("experiment", "seed", "data", "model", "recipe", "trainer", "speed")
-_COSMETIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+_NON_RESULT_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps",
+                            "accelerator", "devices", "num_nodes", "strategy")
+_TRAINING_CODE = ("models", "tasks", "data", "experiment.py")
+
+
+def code_fingerprint() -> str:
+    """A hash of the package sources that decide a run's result (models, tasks, data, experiment):
+    results trained by older code are not served as current ones."""
+    package = PROJECT_ROOT / "replicate"
+    digest = hashlib.sha256()
+    for entry in _TRAINING_CODE:
+        for path in sorted((package / entry).rglob("*.py")) if (package / entry).is_dir() else [package / entry]:
+            digest.update(path.relative_to(package).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def run_spec(cfg: DictConfig) -> dict:
-    """The plain-dict slice of `cfg` that determines a run's result."""
+    """The plain-dict slice of `cfg` (plus the code fingerprint) that determines a run's result."""
     spec = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
             for k in _RESULT_KEYS}
     spec["data"].pop("download", None)
-    for key in _COSMETIC_TRAINER_KEYS:
+    for key in _NON_RESULT_TRAINER_KEYS:
         spec["trainer"].pop(key, None)
     spec["paper"] = cfg.paper.id
+    spec["code"] = code_fingerprint()
     return spec
 
 

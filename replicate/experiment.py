@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -45,11 +46,6 @@ def build_model(cfg: DictConfig):
     """The experiment's network, sized for the dataset in use (classes, input channels)."""
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
     return models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
-
-
-def load_result(cfg: DictConfig) -> dict | None:
-    path = run_dir(cfg) / "result.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _quiet_lightning() -> None:
@@ -87,6 +83,8 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
     if result_path.exists() and not force:
         return {**json.loads(result_path.read_text()), "cached": True}
 
+    if force:  # start clean: no stale checkpoint to resume from, no old curves to merge
+        shutil.rmtree(directory, ignore_errors=True)
     _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     directory.mkdir(parents=True, exist_ok=True)
@@ -98,8 +96,9 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_steps=recipe.max_steps,
         max_epochs=-1,
-        val_check_interval=recipe.val_every_steps,
-        check_val_every_n_epoch=None,  # validate every val_every_steps iterations, across epochs
+        # Validate every val_every_steps iterations counted across epochs, or (null) once an epoch.
+        val_check_interval=recipe.val_every_steps if recipe.val_every_steps else 1.0,
+        check_val_every_n_epoch=None if recipe.val_every_steps else 1,
         num_sanity_val_steps=0,
         callbacks=[checkpoint, *callbacks],
         logger=_loggers(cfg, directory),
@@ -115,7 +114,7 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
     model = build_model(cfg)
     task = ClassificationTask(model, recipe, num_classes=cfg.data.num_classes, channels_last=cfg.speed.channels_last, compile_model=cfg.speed.compile)
     last = directory / "checkpoints" / "last.ckpt"
-    resumed_from = str(last) if last.exists() and not force else None
+    resumed_from = str(last) if last.exists() else None
     resumed_step = _checkpoint_step(resumed_from)  # read now: fit() overwrites last.ckpt
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from)

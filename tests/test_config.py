@@ -26,9 +26,9 @@ def test_every_experiment_of_every_paper_composes(profile):
 
 def test_reduced_profile_substitutes_fashion_mnist_and_rescales():
     cfg = compose("resnet", "reduced", ["experiment=resnet110_cifar10"])
-    assert cfg.data.name == "fashion_mnist" and cfg.data.channels == 1 and cfg.data.image_size == 16
+    assert cfg.data.name == "fashion_mnist" and cfg.data.channels == 1 and cfg.data.image_size == 14
     assert cfg.model.name == "resnet110" and cfg.model.shortcut == "A"
-    assert cfg.recipe.warmup.enabled and cfg.recipe.max_steps == 160 and cfg.recipe.lr == 0.1
+    assert cfg.recipe.warmup.enabled and cfg.recipe.max_steps == 240 and cfg.recipe.lr == 0.1
     assert cfg.trainer.accelerator == "cpu"
 
 
@@ -61,6 +61,12 @@ def test_config_hash_tracks_what_changes_results_only():
     assert config_hash(base) == config_hash(compose("resnet", "reduced", ["experiment=resnet20_cifar10",
                                                                           "paths.run_dir=/elsewhere",
                                                                           "trainer.enable_progress_bar=true"]))
+    # A cluster run (more devices, same global batch) is picked up by a notebook on one device.
+    assert config_hash(base) == config_hash(compose("resnet", "reduced", ["experiment=resnet20_cifar10",
+                                                                          "trainer.devices=8", "trainer.num_nodes=2",
+                                                                          "trainer.strategy=ddp"]))
+    assert config_hash(base) != config_hash(compose("resnet", "reduced", ["experiment=resnet20_cifar10",
+                                                                          "trainer.precision=bf16-mixed"]))
 
 
 @pytest.mark.parametrize("paper,profile,overrides,message", [

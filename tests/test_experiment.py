@@ -85,3 +85,24 @@ def test_missing_dataset_is_a_clear_error_and_a_not_run_row(tmp_path):
     results = experiment.run_all("resnet", "reduced", [f"paths.data_dir={tmp_path}", f"paths.run_dir={tmp_path / 'runs'}",
                                                        "data=cifar10"], ["resnet20_cifar10"], verbose=False)
     assert "cifar-10-batches-py" in results["resnet20_cifar10"]["not_run"]
+
+
+def test_plateau_schedule_steps_once_per_epoch(tmp_path):
+    """The ImageNet recipe's 'divide by 10 when the error plateaus' (Sec. 3.4), checked every epoch.
+
+    Epochs of 6 iterations (200 images, batches of 32, the last one dropped); a huge relative
+    threshold makes every epoch after the first count as a plateau, so lr falls tenfold each epoch.
+    """
+    write_idx_fashion_mnist(tmp_path / "data", n_train=200, n_test=64)
+    cfg = compose("resnet", "reduced", [
+        "experiment=resnet18a_imagenet", "model.name=resnet20", f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.run_dir={tmp_path / 'runs'}", "data.train_subset=200", "data.test_subset=64", "recipe.batch_size=32",
+        "recipe.max_steps=24", "recipe.val_every_steps=null", "recipe.checkpoint_every_steps=6",
+        "recipe.plateau.patience=0", "recipe.plateau.threshold=10", "trainer.log_every_n_steps=1"])
+    assert cfg.recipe.schedule == "plateau"
+    result = experiment.run(cfg)
+    lr = experiment.load_curves(result)[["step", "lr"]].dropna().set_index("step")["lr"]
+    assert lr.loc[0] == pytest.approx(0.1) and lr.loc[5] == pytest.approx(0.1)
+    assert lr.loc[6] == pytest.approx(0.1)  # the first validation sets the best: no plateau yet
+    assert lr.loc[12] == pytest.approx(0.01) and lr.loc[18] == pytest.approx(0.001)
+    assert result["steps"] == 24

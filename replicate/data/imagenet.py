@@ -156,6 +156,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.train_subset = train_subset
         self.test_subset = test_subset
         self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -167,21 +168,25 @@ class ImageNetDataModule(L.LightningDataModule):
         classes = train.class_to_idx
         if len(classes) > self.num_classes:
             raise ConfigError(f"data.num_classes={self.num_classes} but {root / 'train'} has {len(classes)} classes.")
-        test = _FolderWithClasses(
-            str(root / "val"), classes,
-            transform=eval_transform(self.image_size, self.eval_resize, self.eval_crops, self.normalize),
+        # Validation along training (curves, the plateau schedule) uses the centre crop; the final
+        # test uses `eval_crops` (10 for Tables 2-3), ten times the cost, once.
+        val, test = (
+            _FolderWithClasses(str(root / "val"), classes,
+                               transform=eval_transform(self.image_size, self.eval_resize, crops, self.normalize))
+            for crops in (1, self.eval_crops)
         )
         self.train_set = self._subset(train, self.train_subset)
+        self.val_set = self._subset(val, self.test_subset)
         self.test_set = self._subset(test, self.test_subset)
 
     def _subset(self, dataset: Dataset, size: int | None) -> Dataset:
         indices = subset_indices(len(dataset), size, self.seed)  # type: ignore[arg-type]
         return dataset if indices is None else Subset(dataset, indices.tolist())
 
-    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
-        if dataset is None:
+    def _loader(self, split: str) -> DataLoader:
+        if self.train_set is None:
             self.setup()
-            dataset = self.train_set if train else self.test_set
+        dataset, train = getattr(self, f"{split}_set"), split == "train"
         return DataLoader(
             dataset, batch_size=self.batch_size, shuffle=train, drop_last=train, num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
@@ -193,10 +198,10 @@ class ImageNetDataModule(L.LightningDataModule):
         return x
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader("test")

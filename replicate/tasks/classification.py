@@ -42,7 +42,7 @@ class ClassificationTask(L.LightningModule):
         warmup = recipe.get("warmup") or {}
         self.warming_up = bool(warmup.get("enabled", False))
         self._recent_errors: deque[float] = deque(maxlen=int(warmup.get("window", 20)))
-        self._interval_errors: list[float] = []
+        self._pending_errors: list[torch.Tensor] = []
         self._tail_errors: list[float] = []
 
     def configure_model(self) -> None:
@@ -59,22 +59,23 @@ class ClassificationTask(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=float(self.recipe.get("label_smoothing", 0.0)))
-        error = (logits.argmax(1) != y).float().mean().item() * 100.0
-        self._track_training_error(error)
+        # Kept on the device and read once per logging interval: no GPU sync on every step.
+        self._pending_errors.append((logits.detach().argmax(1) != y).float().mean())
+        if len(self._pending_errors) >= self.trainer.log_every_n_steps or self.global_step + 1 >= self.recipe.max_steps:
+            self._track_training_error([100.0 * e for e in torch.stack(self._pending_errors).tolist()])
+            self._pending_errors.clear()
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
-    def _track_training_error(self, error: float) -> None:
-        self._recent_errors.append(error)
-        self._interval_errors.append(error)
+    def _track_training_error(self, errors: list[float]) -> None:
+        """Called once per logging interval with that interval's batch errors (%)."""
         # Fig. 6's training curves: error averaged over each logging interval, not one batch.
-        if len(self._interval_errors) >= self.trainer.log_every_n_steps:
-            self.log("train/err", sum(self._interval_errors) / len(self._interval_errors), on_step=True)
-            self._interval_errors.clear()
+        self.log("train/err", sum(errors) / len(errors), on_step=True)
         # The final training error averages the last tenth of the iterations.
-        if self.global_step >= 0.9 * self.recipe.max_steps:
-            self._tail_errors.append(error)
+        first_step = self.global_step + 1 - len(errors)
+        self._tail_errors += [e for i, e in enumerate(errors) if first_step + i >= 0.9 * self.recipe.max_steps]
+        self._recent_errors.extend(errors)
         window = self._recent_errors
         if self.warming_up and len(window) == window.maxlen:
             if sum(window) / len(window) < 100.0 * self.recipe.warmup.until_train_error:
@@ -125,12 +126,14 @@ class ClassificationTask(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         if r.schedule == "plateau":
+            # Stepped once per epoch, after that epoch's validation (recipe.val_every_steps: null);
+            # a step-interval frequency would count batches within an epoch, not across them.
             p = r.plateau
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=p.factor, patience=p.patience, threshold=p.threshold)
             return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": scheduler, "monitor": p.monitor, "interval": "step",
-                                     "frequency": r.val_every_steps, "strict": True}}
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": p.monitor, "interval": "epoch",
+                                     "frequency": 1, "strict": True}}
         raise ConfigError(f"recipe.schedule={r.schedule!r} is not supported. Allowed: multistep, plateau.")
 
     # The warm-up state decides the learning rate, so it must survive a resume.
