@@ -115,7 +115,9 @@ class Report:
                 if result is not None:
                     reason = result["not_run"]
                 elif cell["experiment"] not in planned:
-                    reason = f"not in the {self.profile} profile's runs (conf/paper/{self.paper.id}.yaml: runs.{self.profile})"
+                    why = (spec.get("not_run_because") or {}).get(self.profile)
+                    reason = _join(why, f"not in the {self.profile} profile's runs "
+                                        f"(conf/paper/{self.paper.id}.yaml: runs.{self.profile})")
                 else:
                     reason = "not run in this execution"
                 rows.append(self._row(spec, cell, ours=None, delta=None, tolerance=tol, status="not_run",
