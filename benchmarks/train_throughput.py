@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from replicate import models
-from replicate.config import compose
+from replicate.config import compose_defaults
 
 
 def measure(name: str, batch_size: int, input_size: int, steps: int, warmup: int, device: str,
@@ -60,7 +60,7 @@ def measure(name: str, batch_size: int, input_size: int, steps: int, warmup: int
 
 
 def main() -> None:
-    full = compose("resnet", "full")
+    full = compose_defaults("full")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=models.available(), metavar="MODEL")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 at 224 px, 128 at 32 px")

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .config import PROJECT_ROOT, compose, groups
+from .config import PROJECT_ROOT, compose, compose_defaults, groups
 from .errors import ReplicateError
 
 
@@ -89,7 +89,7 @@ def _notebook(args: argparse.Namespace) -> None:
 def _data(args: argparse.Namespace) -> None:
     from .data import prepare
 
-    data_dir = Path(args.data_dir) if args.data_dir else Path(compose("resnet", "reduced").paths.data_dir)
+    data_dir = Path(args.data_dir) if args.data_dir else Path(compose_defaults().paths.data_dir)
     folder = prepare(args.name, data_dir, download=args.download)
     if args.index:
         write_index(folder, Path(args.index))

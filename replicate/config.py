@@ -81,6 +81,13 @@ def _hydra(overrides: list[str]) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
+def compose_defaults(profile: str = "reduced") -> DictConfig:
+    """conf/config.yaml with its default groups at `profile`: paths, trainer and speed settings
+    that do not depend on which paper is chosen."""
+    _check_group_choice("profile", profile)
+    return _anchor_paths(_hydra([f"profile={profile}"]))
+
+
 def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ()) -> DictConfig:
     """The resolved configuration of `paper` at `profile`, with Hydra `overrides` applied.
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import lightning as L
 import pandas as pd
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
@@ -147,8 +148,6 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
 def _checkpoint_step(path: str | None) -> int | None:
     if path is None:
         return None
-    import torch
-
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
 
 
