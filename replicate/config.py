@@ -3,8 +3,10 @@
 It composes `conf/config.yaml` with the paper and profile groups selected, expands
 `experiment=<name>` into that experiment's group choices and overrides (from
 `paper.experiments`), lets the profile swap the dataset (the reduced profile trains on
-Fashion-MNIST where the paper used CIFAR or ImageNet), and appends the user's overrides last
-so that they win. Bad names raise `ConfigError` with the key and the allowed values.
+Fashion-MNIST where the paper used CIFAR or ImageNet), applies the paper's `scale` for the
+profile (`paper.scale.reduced`: e.g. the image size and widths at which a 224-px network is
+trained on two CPU cores), and appends the user's overrides last so that they win. Bad names
+raise `ConfigError` with the key and the allowed values.
 """
 
 from __future__ import annotations
@@ -116,7 +118,10 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
         if key == "data" and value in substitute:
             value = substitute[value]
         expanded.append(f"{key}={value}")
-    cfg = _hydra(base + expanded + user)
+    # The paper's own scale for this profile (e.g. the reduced profile's image size and widths
+    # for networks designed for 224 px), after the experiment and before the user's overrides.
+    scale = list((cfg.paper.get("scale") or {}).get(profile) or [])
+    cfg = _hydra(base + expanded + scale + user)
     with _writable(cfg):
         cfg.experiment = experiment
     return _anchor_paths(cfg)

@@ -111,6 +111,7 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
         cfg.data, data_dir=cfg.paths.data_dir, batch_size=recipe.batch_size // trainer.world_size,
         augment=recipe.augment, normalize=recipe.normalize, seed=cfg.seed,
         num_workers=min(8, os.cpu_count() or 1) if cfg.data.name == "imagenet" else 0,
+        randaugment=recipe.get("randaugment"), random_erasing=recipe.get("random_erasing", 0.0) or 0.0,
     )
     model = build_model(cfg)
     task = ClassificationTask(model, recipe, num_classes=cfg.data.num_classes, channels_last=cfg.speed.channels_last, compile_model=cfg.speed.compile)

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import matplotlib
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import models
-from .complexity import Complexity, count
+from .complexity import QUANTITIES, Complexity, count
 from .errors import ConfigError, ExactTableMismatch, FloorNotMet
 
 COLUMNS = ["table", "row", "metric", "paper", "ours", "unit", "delta", "tolerance", "status", "source", "note"]
@@ -77,21 +78,35 @@ class Report:
         return frame
 
     # -- exact tables: computed from the model definitions ------------------------------------------
-    def complexity(self, name: str, input_size, **kwargs) -> Complexity:
-        """Counted once per (model, input, kwargs) and kept: no model is built twice for a report."""
-        key = (name, tuple(input_size), tuple(sorted(kwargs.items())))
+    def complexity(self, name: str, input_size, module: str | None = None, **kwargs) -> Complexity:
+        """Counted once per (model, input, module, kwargs) and kept: no model is built twice for a report.
+
+        Models are built on the meta device: counting needs shapes, not weights.
+        """
+        key = (name, tuple(input_size), module, tuple(sorted(kwargs.items())))
         if key not in self._counted:
-            self._counted[key] = count(models.build(name, **kwargs), input_size)
+            with torch.device("meta"):
+                model = models.build(name, **kwargs)
+            self._counted[key] = count(model, input_size, module=module)
         return self._counted[key]
 
     def exact(self, table_id: str) -> pd.DataFrame:
+        """Cells computed from the model definitions. A cell may override the table's
+        `model_kwargs`, `input_size` and `quantity`, and may name a `module` to count that
+        submodule alone (per-layer tables)."""
         spec = self.spec(table_id)
         if spec["kind"] != "exact":
             raise ConfigError(f"table {table_id} is {spec['kind']!r}, not 'exact'")
         rows, params = [], []
         for cell in spec["cells"]:
-            c = self.complexity(cell["model"], spec["input_size"], **spec.get("model_kwargs", {}))
-            ours = getattr(c, spec["quantity"])
+            kwargs = {**spec.get("model_kwargs", {}), **cell.get("model_kwargs", {})}
+            input_size = cell.get("input_size", spec.get("input_size"))
+            quantity = cell.get("quantity", spec.get("quantity"))
+            if quantity not in QUANTITIES:
+                raise ConfigError(f"table {table_id}, row {cell['row']!r}: quantity {quantity!r} is not one of "
+                                  f"{', '.join(QUANTITIES)}.")
+            c = self.complexity(cell["model"], input_size, cell.get("module"), **kwargs)
+            ours = float(getattr(c, quantity))
             tol = _tolerance(spec, cell)
             delta = ours - cell["paper"]
             status = "match" if abs(delta) <= tol + 1e-12 else "off"

@@ -86,3 +86,19 @@ def test_registry_lists_and_rejects():
         assert name in names
     with pytest.raises(UnknownModelError, match="Unknown model 'resnet05'. Did you mean .*'resnet50'.*Allowed:"):
         models.build("resnet05")
+
+
+def test_per_module_counts_and_pointwise_share():
+    from torch import nn
+
+    from replicate.complexity import count
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 16, 1))
+    whole = count(model, (3, 10, 10))
+    # Worked by hand on 10x10 maps: 3*8*9, 8*9 and 8*16 weights (plus biases) per position.
+    assert whole.macs == 100 * (3 * 8 * 9 + 8 * 9 + 8 * 16)
+    assert whole.pointwise_macs == 100 * 8 * 16 and whole.pointwise_params == 8 * 16 + 16
+    assert whole.pointwise_macs_pct == pytest.approx(100 * 128 / (216 + 72 + 128))
+    part = count(model, (3, 10, 10), module="1")
+    assert (part.params, part.macs) == (8 * 9 + 8, 100 * 8 * 9)
+    assert part.gops == pytest.approx(2 * 7200 / 1e9) and whole.mb_fp32 == pytest.approx(4 * whole.params / 2**20)

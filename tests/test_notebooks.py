@@ -9,9 +9,14 @@ import pandas as pd
 import pytest
 
 from replicate.cli import execute_notebook
-from replicate.config import PROJECT_ROOT
+from replicate.config import PROJECT_ROOT, compose
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
+# The resnet notebook has its own, more detailed checks below.
+OTHER_PAPERS = [p.stem for p in NOTEBOOKS if p.stem != "resnet"]
+# The issue's budget is three minutes a notebook on two cores; this guard fails only on a
+# blow-up well past it (CI machines vary), the measured time is printed and kept in the README.
+SECONDS_GUARD = 300
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -76,3 +81,60 @@ def test_a_failing_check_leaves_no_finished_looking_report(executed):
         execute_notebook("resnet", "reduced", ["paper.tables.0.cells.0.paper=2.5"], root / "reports")
     assert not out.exists() and not (out.parent / ".reduced.partial").exists()
     assert (out.parent / "reduced.failed" / "resnet.ipynb").exists()
+
+
+def _tables(paper, kind):
+    cfg = compose(paper, "reduced")
+    return [t.id for t in cfg.paper.get("tables") or [] if t.kind == kind], cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("paper", OTHER_PAPERS)
+def test_notebook_regenerates_its_tables_on_the_reduced_profile(paper, tmp_path, monkeypatch):
+    """Each paper's notebook as the reduced DVC stage runs it: exact cells all match, every
+    planned run trained (and cleared its floor: the notebook's last cell checks), the measured
+    cells of runs the profile left out are `not_run` with a reason."""
+    monkeypatch.setenv("REPLICATE_RUN_DIR", str(tmp_path / "runs"))
+    start = time.perf_counter()
+    out = execute_notebook(paper, "reduced", [], tmp_path / "reports")
+    seconds = time.perf_counter() - start
+    print(f"\n{paper} notebook, reduced profile: {seconds:.0f} s")
+    assert seconds < SECONDS_GUARD, f"{paper}: {seconds:.0f} s, far over the three-minute budget"
+
+    exact, cfg = _tables(paper, "exact")
+    measured, _ = _tables(paper, "measured")
+    assert exact, f"{paper} regenerates no exact table"
+    for table in exact:
+        frame = pd.read_csv(out / f"{table}.csv")
+        assert len(frame) and (frame["status"] == "match").all(), frame[frame["status"] != "match"]
+    for table in measured:
+        frame = pd.read_csv(out / f"{table}.csv")
+        assert set(frame["status"]) <= {"reduced", "not_run"}
+        assert frame.loc[frame["status"] == "not_run", "note"].str.len().gt(0).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(cfg.paper.runs.reduced) <= set(metrics["runs"])
+    assert metrics["cells"]["off"] == 0 and metrics["cells"]["cells"] > 0
+    for claim in cfg.paper.get("claims") or []:
+        frame = pd.read_csv(out / f"{claim.id}.csv")
+        assert set(frame["ours"].dropna()) <= {"holds", "does not hold"}
+    board = (tmp_path / "reports" / "scoreboard.md").read_text()
+    assert any(line.startswith(f"| {paper} ") and "reduced" in line for line in board.splitlines())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("paper", [p.stem for p in NOTEBOOKS])
+def test_full_profile_without_datasets_reports_them_missing(paper, tmp_path, monkeypatch):
+    """The full profile's code path here, where CIFAR and ImageNet are absent: the exact tables
+    are regenerated, and every measured cell is `not_run` with the missing dataset's fix."""
+    monkeypatch.setenv("REPLICATE_RUN_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("REPLICATE_DATA_DIR", str(tmp_path / "no-data"))
+    out = execute_notebook(paper, "full", [], tmp_path / "reports")
+    exact, _ = _tables(paper, "exact")
+    measured, _ = _tables(paper, "measured")
+    for table in exact:
+        assert (pd.read_csv(out / f"{table}.csv")["status"] == "match").all()
+    notes = " ".join(" ".join(pd.read_csv(out / f"{t}.csv")["note"].fillna("")) for t in measured)
+    for table in measured:
+        assert set(pd.read_csv(out / f"{table}.csv")["status"]) == {"not_run"}
+    assert "not found" in notes.lower() or "download" in notes.lower()
+    assert not list(Path(tmp_path / "runs").rglob("result.json"))

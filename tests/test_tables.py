@@ -105,3 +105,31 @@ def test_write_is_complete_and_updates_the_scoreboard(cfg, tmp_path):
 
 def test_scoreboard_with_nothing(tmp_path):
     assert "no reports yet" in write_scoreboard(tmp_path).read_text()
+
+
+def test_exact_cells_may_set_their_own_model_kwargs_input_and_quantity(cfg):
+    """Per-cell knobs (MobileNet's width and resolution tables, GoogLeNet's per-layer rows)."""
+    OmegaConf.set_struct(cfg, False)
+    cfg.paper.tables = [{
+        "id": "cells", "title": "t", "kind": "exact", "metric": "m", "unit": "", "source": "test",
+        "quantity": "mparams", "input_size": [3, 32, 32], "tolerance": 0.0005,
+        "cells": [
+            {"row": "ResNet-20", "model": "resnet20", "paper": 0.270},
+            {"row": "ResNet-20, 100 classes", "model": "resnet20", "paper": 0.276,
+             "model_kwargs": {"num_classes": 100}},
+            {"row": "ResNet-20 at 16 px", "model": "resnet20", "paper": 10.14, "input_size": [3, 16, 16],
+             "quantity": "mmacs", "tolerance": 0.01},
+            # Worked by hand: 32->64 and 64->64 3x3 convolutions, then two blocks of two 64->64, with BN.
+            {"row": "stage 3", "model": "resnet20", "module": "stages.2", "paper": 203.52, "quantity": "kparams",
+             "tolerance": 0.005},
+        ]}]
+    frame = Report(cfg).exact("cells").set_index("row")
+    assert (frame["status"] == "match").all(), frame[["ours", "paper"]]
+
+
+def test_an_unknown_quantity_names_the_choices(cfg):
+    OmegaConf.set_struct(cfg, False)
+    cfg.paper.tables = [{"id": "t", "title": "t", "kind": "exact", "source": "s", "quantity": "flops",
+                         "input_size": [3, 32, 32], "tolerance": 0.1, "cells": [{"row": "r", "model": "resnet20", "paper": 1}]}]
+    with pytest.raises(Exception, match="gmacs"):
+        Report(cfg).exact("t")

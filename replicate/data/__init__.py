@@ -26,7 +26,7 @@ from .tensor_datamodule import Splits, TensorDataModule
 from .transforms import PAPER_CROP
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
-AUGMENTATIONS = ("none", "cifar", "imagenet")
+AUGMENTATIONS = ("none", "cifar", "imagenet", "inception")
 NORMALIZATIONS = ("per_pixel_mean", "channel_mean", "none")
 CHANNELS = {"fashion_mnist": 1, "cifar10": 3, "cifar100": 3, "imagenet": 3}
 NATIVE_SIZE = {"fashion_mnist": fashion_mnist.NATIVE_SIZE, "cifar10": cifar.NATIVE_SIZE, "cifar100": cifar.NATIVE_SIZE}
@@ -78,6 +78,8 @@ def build_datamodule(
     normalize: str,
     seed: int = 0,
     num_workers: int = 0,
+    randaugment: Mapping | None = None,
+    random_erasing: float = 0.0,
 ) -> L.LightningDataModule:
     """The datamodule `data_cfg` (conf/data/*.yaml) describes; nothing is read until `setup()`.
 
@@ -99,6 +101,11 @@ def build_datamodule(
     if _optional_positive("batch_size", batch_size) is None:
         raise ConfigError("batch_size must be a positive integer.")
     download = bool(data_cfg.get("download", False))
+    if randaugment is not None and not (isinstance(randaugment, Mapping) and set(randaugment) <= {"num_ops", "magnitude"}):
+        raise ConfigError(f"recipe.randaugment={randaugment!r} must be null or {{num_ops: N, magnitude: M}}.")
+    if not 0.0 <= float(random_erasing) <= 1.0:
+        raise ConfigError(f"recipe.random_erasing={random_erasing!r} must be a probability in [0, 1].")
+    extra = {"randaugment": dict(randaugment) if randaugment else None, "random_erasing": float(random_erasing)}
 
     if name == "imagenet":
         image_size = image_size or PAPER_CROP
@@ -112,7 +119,7 @@ def build_datamodule(
             data_dir=data_dir, num_classes=num_classes, image_size=image_size,
             scale_range=_scale_range(data_cfg, image_size), eval_resize=eval_resize, eval_crops=eval_crops,
             batch_size=batch_size, augment=augment, normalize=normalize, seed=seed, num_workers=num_workers,
-            train_subset=train_subset, test_subset=test_subset,
+            train_subset=train_subset, test_subset=test_subset, **extra,
         )
 
     load = (
@@ -124,7 +131,7 @@ def build_datamodule(
         image_size=image_size, batch_size=batch_size, augment=augment, normalize=normalize, seed=seed,
         train_subset=train_subset, test_subset=test_subset,
         # In memory the range is a zoom relative to Sec. 3.4's 224 crop, hence at least 224.
-        scale_range=_scale_range(data_cfg, PAPER_CROP),
+        scale_range=_scale_range(data_cfg, PAPER_CROP), **extra,
     )
 
 

@@ -13,7 +13,7 @@ Batches arrive as normalised float tensors, so the datamodule's batch hooks are 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -73,9 +73,14 @@ def _to_float(mean: torch.Tensor | None) -> list:
     return steps if mean is None else [*steps, T.SubtractMean(mean)]
 
 
-def train_transform(image_size: int, scale_range: Sequence[int], augment: str, normalize: str, eval_resize: int):
-    """Sec. 3.4's training pipeline (`augment="imagenet"`), or a deterministic one."""
+def train_transform(image_size: int, scale_range: Sequence[int], augment: str, normalize: str, eval_resize: int,
+                    randaugment: Mapping | None = None, random_erasing: float = 0.0):
+    """The training pipeline: Sec. 3.4's scale augmentation (`augment="imagenet"`), GoogLeNet's
+    random-sized crop (`"inception"`), or a deterministic one; optionally RandAugment (on the
+    uint8 image) and random erasing (on the normalised tensor)."""
     mean = _mean(normalize)
+    colour = [v2.RandAugment(**randaugment)] if randaugment else []
+    erase = [v2.RandomErasing(p=random_erasing, value=0)] if random_erasing else []
     if augment == "imagenet":
         lo, hi = int(scale_range[0]), int(scale_range[1])
         # Geometry on the PIL image (cheap), colour on the float tensor.
@@ -83,14 +88,19 @@ def train_transform(image_size: int, scale_range: Sequence[int], augment: str, n
             v2.RandomShortestSize(min_size=list(range(lo, hi + 1)), antialias=True),
             v2.RandomCrop(image_size),
             v2.RandomHorizontalFlip(),
+            *colour,
             v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
             T.Lighting(T.LIGHTING_STD),
             *([] if mean is None else [T.SubtractMean(mean)]),
+            *erase,
         ])
+    if augment == "inception":
+        return v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
+                           v2.RandomHorizontalFlip(), *colour, *_to_float(mean), *erase])
     steps: list = [v2.Resize(eval_resize, antialias=True), v2.CenterCrop(image_size)]
     if augment == "cifar":  # Sec. 4.2's pad-crop-flip, on the centre crop
         steps += [v2.RandomCrop(image_size, padding=max(1, image_size // 8)), v2.RandomHorizontalFlip()]
-    return v2.Compose([*steps, *_to_float(mean)])
+    return v2.Compose([*steps, *colour, *_to_float(mean), *erase])
 
 
 def eval_transform(image_size: int, eval_resize: int, eval_crops: int, normalize: str):
@@ -139,9 +149,13 @@ class ImageNetDataModule(L.LightningDataModule):
         num_workers: int = 0,
         train_subset: int | None = None,
         test_subset: int | None = None,
+        randaugment: Mapping | None = None,
+        random_erasing: float = 0.0,
     ):
         super().__init__()
         self.data_dir = Path(data_dir)
+        self.randaugment = dict(randaugment) if randaugment else None
+        self.random_erasing = float(random_erasing)
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
         self.input_size: tuple[int, int, int] = (3, self.image_size, self.image_size)
@@ -163,7 +177,8 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         root = prepare(self.data_dir)
-        train_tf = train_transform(self.image_size, self.scale_range, self.augment, self.normalize, self.eval_resize)
+        train_tf = train_transform(self.image_size, self.scale_range, self.augment, self.normalize, self.eval_resize,
+                                   self.randaugment, self.random_erasing)
         train = ImageFolder(str(root / "train"), transform=train_tf)
         classes = train.class_to_idx
         if len(classes) > self.num_classes:

@@ -9,17 +9,20 @@ vectorised with one random draw per sample. On a GPU the whole input pipeline ru
 
 Augmentations (He et al. 2016): "cifar" is Sec. 4.2 (pad size/8, random crop, flip); "imagenet"
 is Sec. 3.4 (random scale, crop, flip, PCA lighting), with the scale range taken relative to
-the paper's 224 crop so that it means the same zoom at any image size.
+the paper's 224 crop so that it means the same zoom at any image size; "inception" is
+GoogLeNet's random-sized crop (8-100% of the area, aspect 3/4-4/3) and flip, the crop most later
+ImageNet recipes use. RandAugment and random erasing (the RDNet recipe) are optional on top.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision.transforms import v2
 
 from ..errors import ConfigError
 from . import transforms as T
@@ -78,6 +81,8 @@ class TensorDataModule(L.LightningDataModule):
         train_subset: int | None = None,
         test_subset: int | None = None,
         scale_range: Sequence[float] = (256, 480),
+        randaugment: Mapping | None = None,
+        random_erasing: float = 0.0,
     ):
         super().__init__()
         self._load = load
@@ -97,6 +102,9 @@ class TensorDataModule(L.LightningDataModule):
         self.splits: Splits | None = None
         self.mean: torch.Tensor | None = None  # [C, H, W] or [C, 1, 1] on the [0, 1] scale
         self._device_cache: dict[torch.device, tuple[torch.Tensor | None, torch.Generator]] = {}
+        # RandAugment (on uint8 images) and random erasing (on normalised ones), per sample.
+        self.randaugment = v2.RandAugment(**randaugment) if randaugment else None
+        self.random_erasing = v2.RandomErasing(p=random_erasing, value=0) if random_erasing else None
 
     # -- data -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -187,6 +195,8 @@ class TensorDataModule(L.LightningDataModule):
         if self.mean is None and self.normalize != "none":
             self._require_setup()
         mean, generator = self._on_device(x.device)
+        if train and self.randaugment is not None:
+            x = T.per_sample(self.randaugment, x)
         x = x.float().div_(255.0)
         if mean is not None:
             x = x - mean
@@ -196,6 +206,10 @@ class TensorDataModule(L.LightningDataModule):
             x = T.scale_crop_flip(x, self.scale_factors, generator)
             if x.shape[1] == 3:  # PCA lighting is defined for RGB only; grey images skip it
                 x = T.lighting(x, T.LIGHTING_STD, generator)
+        elif train and self.augment == "inception":
+            x = T.random_resized_crop_flip(x, generator=generator)
+        if train and self.random_erasing is not None:
+            x = T.per_sample(self.random_erasing, x)
         return x
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -12,6 +12,7 @@ recognition"), written once for whole batches on any device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -93,6 +94,39 @@ def scale_crop_flip(
     theta[:, 1, 2] = cy
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_resized_crop_flip(
+    x: torch.Tensor, area: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """GoogLeNet's crop augmentation (Szegedy et al. 2015, Sec. 6: patches covering 8% to 100% of
+    the image area, aspect ratio in [3/4, 4/3]), resized back to the input size and mirrored with
+    probability 1/2, on a float batch [B, C, H, W]: torchvision's RandomResizedCrop for in-memory
+    batches, one bilinear resampling per sample."""
+    b = x.shape[0]
+    opts = {"device": x.device, "generator": generator}
+    s = area[0] + (area[1] - area[0]) * torch.rand(b, **opts)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(b, **opts)
+    r = torch.exp(log_r)
+    w = torch.sqrt(s * r).clamp(max=1.0)  # fractions of the side
+    h = torch.sqrt(s / r).clamp(max=1.0)
+    cx = (1 - w) * (2 * torch.rand(b, **opts) - 1)
+    cy = (1 - h) * (2 * torch.rand(b, **opts) - 1)
+    sign = torch.where(torch.rand(b, **opts) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = sign * w
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def per_sample(transform: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a torchvision v2 transform to each image of a batch with its own random draw (v2
+    transforms draw once per call, so a batch passed whole would get one draw for all)."""
+    return torch.stack([transform(image) for image in x])
 
 
 def lighting(x: torch.Tensor, std: float = LIGHTING_STD, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,11 +1,16 @@
 """`ClassificationTask`: one LightningModule for every image-classification paper's recipe.
 
-The recipe config (conf/recipe/*.yaml) chooses the optimizer and the schedule; this module only
-turns it into torch objects and logs top-1/top-5 error in percent, as the papers report it.
+The recipe config (conf/recipe/*.yaml) chooses the optimizer (SGD, RMSProp, AdamW), its
+parameter groups (no decay on depthwise filters for MobileNet V1; none on norms and biases for
+the AdamW recipes), the schedule (multistep, plateau, exponential, cosine with linear warm-up),
+mixup/cutmix and label smoothing, and the weight of auxiliary classifiers (GoogLeNet); this
+module only turns it into torch objects and logs top-1/top-5 error in percent, as the papers
+report it.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import lightning as L
@@ -14,8 +19,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
 
 from ..errors import ConfigError
+
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+SCHEDULES = ("multistep", "plateau", "exponential", "cosine")
 
 
 class ClassificationTask(L.LightningModule):
@@ -44,6 +53,7 @@ class ClassificationTask(L.LightningModule):
         self._recent_errors: deque[float] = deque(maxlen=int(warmup.get("window", 20)))
         self._pending_errors: list[torch.Tensor] = []
         self._tail_errors: list[float] = []
+        self.batch_mix = _batch_mix(recipe, num_classes)
 
     def configure_model(self) -> None:
         if self.compile_model and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
@@ -57,8 +67,10 @@ class ClassificationTask(L.LightningModule):
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=float(self.recipe.get("label_smoothing", 0.0)))
+        target = y
+        if self.batch_mix is not None:  # mixup / cutmix: soft targets, the error is counted on y
+            x, target = self.batch_mix(x, y)
+        loss, logits = self.loss(self(x), target)
         # Kept on the device and read once per logging interval: no GPU sync on every step.
         self._pending_errors.append((logits.detach().argmax(1) != y).float().mean())
         if len(self._pending_errors) >= self.trainer.log_every_n_steps or self.global_step + 1 >= self.recipe.max_steps:
@@ -67,6 +79,18 @@ class ClassificationTask(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
+
+    def loss(self, output, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss and the main logits. `target` holds class indices or, after
+        mixup/cutmix, class probabilities; label smoothing applies to either."""
+        smoothing = float(self.recipe.get("label_smoothing", 0.0))
+        if isinstance(output, (tuple, list)):
+            # Auxiliary classifiers (GoogLeNet, Sec. 5): their losses are added with a weight.
+            logits, *aux = output
+            weight = float(self.recipe.get("aux_loss_weight", 0.0) or 0.0)
+            loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
+            return loss + weight * sum(F.cross_entropy(a, target, label_smoothing=smoothing) for a in aux), logits
+        return F.cross_entropy(output, target, label_smoothing=smoothing), output
 
     def _track_training_error(self, errors: list[float]) -> None:
         """Called once per logging interval with that interval's batch errors (%)."""
@@ -111,20 +135,7 @@ class ClassificationTask(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         r = self.recipe
-        if r.optimizer != "sgd":
-            raise ConfigError(f"recipe.optimizer={r.optimizer!r} is not supported. Allowed: sgd.")
-        optimizer = torch.optim.SGD(self.parameters(), lr=r.lr, momentum=r.momentum,
-                                    nesterov=bool(r.get("nesterov", False)), weight_decay=r.weight_decay)
-        if r.schedule == "multistep":
-            milestones = [round(f * r.max_steps) for f in r.milestones]
-            warmup_factor = float(r.warmup.lr) / r.lr if r.get("warmup") else 1.0
-
-            def factor(step: int) -> float:
-                decay = r.gamma ** sum(step >= m for m in milestones)
-                return decay * (warmup_factor if self.warming_up else 1.0)
-
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = build_optimizer(self.model, r)
         if r.schedule == "plateau":
             # Stepped once per epoch, after that epoch's validation (recipe.val_every_steps: null);
             # a step-interval frequency would count batches within an epoch, not across them.
@@ -134,7 +145,14 @@ class ClassificationTask(L.LightningModule):
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": scheduler, "monitor": p.monitor, "interval": "epoch",
                                      "frequency": 1, "strict": True}}
-        raise ConfigError(f"recipe.schedule={r.schedule!r} is not supported. Allowed: multistep, plateau.")
+        schedule = step_schedule(r)
+        warmup_factor = float(r.warmup.lr) / r.lr if r.get("warmup") else 1.0
+
+        def factor(step: int) -> float:
+            return schedule(step) * (warmup_factor if self.warming_up else 1.0)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # The warm-up state decides the learning rate, so it must survive a resume.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -144,3 +162,94 @@ class ClassificationTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.warming_up = checkpoint.get("warming_up", self.warming_up)
         self._tail_errors = list(checkpoint.get("tail_errors", []))
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def parameter_groups(model: nn.Module, recipe: DictConfig) -> list[dict]:
+    """Parameters split by the weight decay the recipe gives them.
+
+    `weight_decay_depthwise` (MobileNet V1, Sec. 3: "very little or no weight decay (l2
+    regularization) on the depthwise filters") applies to depthwise convolution weights;
+    `no_decay_norm_and_bias` (the AdamW recipes) exempts normalisation parameters, biases and
+    anything a model marks with `no_weight_decay = True` (e.g. layer scale).
+    """
+    decay = float(recipe.weight_decay)
+    depthwise = recipe.get("weight_decay_depthwise", None)
+    exempt_norm_bias = bool(recipe.get("no_decay_norm_and_bias", False))
+    groups: dict[float, list] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            wd = decay
+            if exempt_norm_bias and (isinstance(module, _NORMS) or name == "bias" or param.ndim <= 1
+                                     or getattr(param, "no_weight_decay", False)):
+                wd = 0.0
+            elif depthwise is not None and _is_depthwise(module) and name == "weight":
+                wd = float(depthwise)
+            groups.setdefault(wd, []).append(param)
+    return [{"params": params, "weight_decay": wd} for wd, params in sorted(groups.items(), reverse=True)]
+
+
+def build_optimizer(model: nn.Module, r: DictConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer over `parameter_groups`."""
+    groups = parameter_groups(model, r)
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=bool(r.get("nesterov", False)))
+    if r.optimizer == "rmsprop":
+        # TensorFlow's RMSProp (the MobileNets' optimizer) puts epsilon inside the square root;
+        # torch adds it outside. recipe.rmsprop.eps is torch's, chosen in each recipe to match.
+        opts = r.get("rmsprop") or {}
+        return torch.optim.RMSprop(groups, lr=r.lr, alpha=float(opts.get("alpha", 0.9)),
+                                   eps=float(opts.get("eps", 1e-3)), momentum=float(r.get("momentum", 0.0)))
+    if r.optimizer == "adamw":
+        betas = tuple(r.get("betas") or (0.9, 0.999))
+        return torch.optim.AdamW(groups, lr=r.lr, betas=betas)
+    raise ConfigError(f"recipe.optimizer={r.optimizer!r} is not supported. Allowed: {', '.join(OPTIMIZERS)}.")
+
+
+def step_schedule(r: DictConfig):
+    """The learning-rate factor at each iteration, for the per-step schedules.
+
+    multistep: x gamma at each milestone (fractions of max_steps); exponential: x gamma every
+    `decay_every_steps` (MobileNet V2's 0.98 per epoch, GoogLeNet's 4% every 8 epochs), staircase;
+    cosine: linear warm-up over `warmup_steps_fraction` of max_steps, then half a cosine to 0.
+    """
+    if r.schedule == "multistep":
+        milestones = [round(f * r.max_steps) for f in r.milestones]
+        return lambda step: r.gamma ** sum(step >= m for m in milestones)
+    if r.schedule == "exponential":
+        every = int(r.decay_every_steps)
+        if every <= 0:
+            raise ConfigError(f"recipe.decay_every_steps={every} must be a positive number of iterations.")
+        return lambda step: r.gamma ** (step // every)
+    if r.schedule == "cosine":
+        warmup = round(float(r.get("warmup_steps_fraction", 0.0)) * r.max_steps)
+        total = max(1, r.max_steps - warmup)
+
+        def cosine(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+
+        return cosine
+    raise ConfigError(f"recipe.schedule={r.schedule!r} is not supported. Allowed: {', '.join(SCHEDULES)}.")
+
+
+def _batch_mix(recipe: DictConfig, num_classes: int):
+    """torchvision's MixUp and/or CutMix on the training batch (one of the two per batch when
+    both are on, as in the DeiT/ConvNeXt recipes RDNet follows), or None."""
+    mixup, cutmix = float(recipe.get("mixup_alpha", 0.0) or 0.0), float(recipe.get("cutmix_alpha", 0.0) or 0.0)
+    chosen = [t for alpha, t in ((mixup, v2.MixUp), (cutmix, v2.CutMix)) if alpha > 0
+              for t in [t(alpha=alpha, num_classes=num_classes)]]
+    if not chosen:
+        return None
+    return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
