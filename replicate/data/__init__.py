@@ -137,7 +137,12 @@ def build_datamodule(
 
 def prepare(name: str, data_dir: str | Path, download: bool = False) -> Path:
     """Make sure data set `name` is on disk (copying or downloading it if allowed) and return
-    its folder; raises `DatasetMissingError` with the fix otherwise."""
+    its folder; raises `DatasetMissingError` with the fix otherwise. Detection sets (voc2007,
+    voc2012, coco, synth_detection: generated from Fashion-MNIST) are handled by `.detection`."""
+    from . import detection
+
+    if name in detection.DATASETS:
+        return detection.prepare(name, data_dir, download)
     name = _check_name(name)
     if name == "fashion_mnist":
         return fashion_mnist.prepare(data_dir, download)
