@@ -36,7 +36,10 @@ def measure(name: str, batch_size: int, input_size: int, steps: int, warmup: int
 
     def step():
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(model(x), y)
+            output = model(x)
+            # Auxiliary classifiers (GoogLeNet) are trained too: their cost is part of a training step.
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            loss = sum(F.cross_entropy(o, y) for o in outputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -111,7 +111,7 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
             f"Unknown experiment {experiment!r} for paper {paper!r} (override 'experiment=...')."
             f"{choices(experiment, known)}"
         )
-    substitute = cfg.profile.get("substitute_data") or {}
+    substitute = {**(cfg.profile.get("substitute_data") or {}), **(cfg.profile.get("substitute_detection") or {})}
     expanded = []
     for item in known[experiment]:
         key, value = item.split("=", 1)
@@ -156,10 +156,10 @@ class _writable:
 # the device count and strategy: the recipe's batch is the global batch, split over the devices,
 # so a cluster run is the same experiment (batch norm then sees the per-device batch, as in the
 # paper's own 8-GPU training). The code that trains is in the hash through its fingerprint.
-_RESULT_KEYS = ("experiment", "seed", "data", "model", "recipe", "trainer", "speed")
+_RESULT_KEYS = ("experiment", "seed", "data", "model", "recipe", "quant", "trainer", "speed")
 _NON_RESULT_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps",
                             "accelerator", "devices", "num_nodes", "strategy")
-_TRAINING_CODE = ("models", "tasks", "data", "experiment.py")
+_TRAINING_CODE = ("models", "tasks", "data", "quant", "ops", "experiment.py", "experiment_detection.py")
 
 
 def code_fingerprint() -> str:
@@ -168,7 +168,8 @@ def code_fingerprint() -> str:
     package = PROJECT_ROOT / "replicate"
     digest = hashlib.sha256()
     for entry in _TRAINING_CODE:
-        for path in sorted((package / entry).rglob("*.py")) if (package / entry).is_dir() else [package / entry]:
+        target = package / entry
+        for path in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
             digest.update(path.relative_to(package).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

@@ -44,9 +44,13 @@ def run_dir(cfg: DictConfig) -> Path:
 
 
 def build_model(cfg: DictConfig):
-    """The experiment's network, sized for the dataset in use (classes, input channels)."""
+    """The experiment's network, sized for the dataset in use (classes, input channels), with
+    Quant-Noise on its weights when `cfg.quant` asks for it (conf/quant/, replicate.quant)."""
+    from . import quant  # imported here: replicate.quant imports this module's neighbours
+
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
-    return models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
+    model = models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
+    return quant.apply_training_noise(model, cfg.get("quant"))
 
 
 def _quiet_lightning() -> None:
@@ -77,6 +81,10 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
     A finished run with the same config hash is returned from disk without training
     (`force=True` trains again); an unfinished one resumes from its last checkpoint.
     """
+    from . import experiment_detection  # detection data sets: their own branch (test mAP)
+
+    if experiment_detection.is_detection(cfg):
+        return experiment_detection.run_detection(cfg, force=force, callbacks=callbacks)
     if cfg.experiment is None:
         raise ConfigError("run() needs an experiment: compose(paper, profile, ['experiment=<name>']).")
     directory = run_dir(cfg)
@@ -172,7 +180,9 @@ def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments
         results[name] = result
         if verbose:
             how = "cached" if result["cached"] else f"trained {result['steps']} steps in {result['train_seconds']:.0f} s"
-            print(f"{name:<22} {how:<28} test top-1 error {result['test_top1_err']:.2f}%")
+            score = (f"test mAP {result['test_map']:.2f}%" if "test_map" in result
+                     else f"test top-1 error {result['test_top1_err']:.2f}%")
+            print(f"{name:<22} {how:<28} {score}")
     return results
 
 

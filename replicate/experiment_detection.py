@@ -1,0 +1,541 @@
+"""Detection experiments: `run_detection(cfg)`, the detection branch of `experiment.run(cfg)`.
+
+A config whose `data` is a detection set (conf/data/{voc2007,coco,synth_detection}.yaml) trains
+the registry's detector with `DetectionTask` (or `ProposalDetectionTask` for detectors fed
+selective-search proposals: Fast R-CNN, R-CNN) and scores it with mAP under the data set's
+protocol. The run directory, the result cache under the config hash, checkpoints and resuming
+are those of `replicate.experiment` (its docstring); the result holds
+
+    test_map        test mAP in percent (VOC07 11-point on VOC and the generated set)
+    test_map_50/75  COCO only (percent)
+    per_class_ap    {class: AP in percent}
+    steps, train_seconds, seconds_per_step, params, ...
+
+and `detections.pt` in the run directory keeps the detections of the first test images, so a
+notebook can draw them from a cached run (`load_detections`).
+
+Also here: the rows of the R-CNN papers' tables that `tables.Report.exact` cannot count (anchor
+counts, parameters of weight matrices after truncated SVD: `exact_rows`), the speed tables
+measured on the hardware present (`time_faster_rcnn`, `time_fast_vs_rcnn`, `speed_rows`) and the
+mAP floors of the reduced profile (`check_map_floors`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from . import models
+from .complexity import count_params
+from .config import config_hash
+from .data.detection import DATASETS, build_detection_datamodule
+from .errors import ConfigError, FloorNotMet
+from .tasks.detection import DetectionTask, _to_cpu, to_original_size
+
+log = logging.getLogger(__name__)
+
+SAVED_DETECTIONS = 16  # test images whose detections are kept for the plots
+
+
+def is_detection(cfg: DictConfig) -> bool:
+    return cfg.data.get("name") in DATASETS
+
+
+class ProposalDetectionTask(DetectionTask):
+    """`DetectionTask` for detectors fed external proposals: the targets carry them
+    (`replicate.proposals.attach_proposals`) and evaluation passes them to the model."""
+
+    def _collect(self, batch, stage: str) -> None:
+        images, targets = batch
+        detections = self.model(images, proposals=[t["proposals"] for t in targets])
+        for image, detection, target in zip(images, detections, targets):
+            hw = (int(image.shape[-2]), int(image.shape[-1]))
+            detection = {**_to_cpu(detection), "orig_size": target.get("orig_size")}
+            plain = {k: v for k, v in target.items() if k != "proposals"}
+            self._outputs[stage].append((to_original_size(_to_cpu(detection), hw),
+                                         to_original_size(_to_cpu(plain), hw)))
+
+
+def build_detector(cfg: DictConfig) -> torch.nn.Module:
+    """The experiment's detector: `cfg.model` minus `name` (and the proposal settings) as the
+    builder's keyword arguments, sized for the data set's classes."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+              if k not in ("name", "proposals")}
+    return models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
+
+
+def _attach(datamodule, cfg: DictConfig) -> None:
+    """Wrap the datamodule's data set factories so that every sample carries its selective
+    search proposals (computed once per stored image and cached under data_dir/proposals)."""
+    from . import proposals
+
+    spec = OmegaConf.to_container(cfg.model.get("proposals") or {}, resolve=True)
+    settings = {"mode": spec.get("mode", "fast"), "max_proposals": int(spec.get("max_proposals", 2000)),
+                "min_size": float(spec.get("min_size", 0.0))}
+    for attr in ("make_train", "make_test"):
+        make = getattr(datamodule, attr)
+
+        def wrapped(transforms, make=make):
+            return proposals.attach_proposals(make(transforms), cfg.paths.data_dir, **settings)
+
+        setattr(datamodule, attr, wrapped)
+
+
+def pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int = 0) -> dict:
+    """The reduced profile's stand-in for the papers' ImageNet pre-training (R-CNN Sec. 2.3,
+    Fast R-CNN Sec. 2.2, Faster R-CNN Sec. 3.1.3): `trunk` learns to classify Fashion-MNIST
+    training items (the objects the generated canvases are made of, never its test items),
+    each tinted with a random colour on a random plain background and scaled to
+    `image_size` (at least 64: smaller inputs leave conv5 with 1x1 maps), for `steps` Adam steps
+    of `batch_size` at `lr`, through global average pooling and a linear classifier that is then
+    dropped.
+    Returns the pre-training's final accuracy on its batches and its duration."""
+    import torch.nn.functional as F
+
+    from .data import fashion_mnist
+    from .data.transforms import IMAGENET_RGB_MEAN
+
+    images, labels = fashion_mnist.read_split(fashion_mnist.locate(data_dir), "train")
+    generator = torch.Generator().manual_seed(int(seed))
+    channels = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+    classifier = torch.nn.Linear(channels, int(labels.max()) + 1)
+    params = [p for p in trunk.parameters() if p.requires_grad] + list(classifier.parameters())
+    # Adam, not the papers' SGD: this stage only stands in for pre-trained weights, and SGD does
+    # not move a plain 13-layer ReLU stack from its initialisation within a few hundred steps
+    # (measured: chance accuracy after 120 steps at learning rates 0.003-0.1; Adam: 81%).
+    optimizer = torch.optim.Adam(params, lr=float(spec.get("lr", 1e-3)))
+    mean = torch.tensor(IMAGENET_RGB_MEAN).view(1, 3, 1, 1)
+    size, batch, steps = int(spec.get("image_size", 64)), int(spec.get("batch_size", 64)), int(spec["steps"])
+    was_training = trunk.training
+    trunk.train()
+    start, correct, seen = time.perf_counter(), 0, 0
+    for step in range(steps):
+        index = torch.randint(0, len(images), (batch,), generator=generator)
+        ink = images[index].float() / 255.0
+        colour = torch.rand(batch, 3, 1, 1, generator=generator)
+        background = torch.rand(batch, 3, 1, 1, generator=generator)
+        x = F.interpolate(ink * colour + (1 - ink) * background, size=(size, size), mode="bilinear",
+                          align_corners=False) - mean
+        logits = classifier(trunk(x).mean((2, 3)))
+        loss = F.cross_entropy(logits, labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= steps - max(1, steps // 10):  # accuracy over the last tenth of the steps
+            correct += int((logits.argmax(1) == labels[index]).sum())
+            seen += batch
+    trunk.train(was_training)
+    return {"pretrain_top1_acc": round(100.0 * correct / max(1, seen), 2),
+            "pretrain_seconds": round(time.perf_counter() - start, 2), "pretrain_steps": steps}
+
+
+def pretrained_trunk(trunk: torch.nn.Module, spec: Mapping, cfg: DictConfig) -> dict:
+    """`pretrain_trunk`, done once per (trunk, stage settings, seed) and kept in
+    `<run_dir>/_pretrained/`: the experiments of a paper (and the papers sharing the VGG-16
+    trunk) start from the same weights without paying for them again."""
+    from .config import code_fingerprint
+
+    spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    key = json.dumps({"spec": spec, "trunk": repr(trunk), "seed": int(cfg.seed), "code": code_fingerprint()},
+                     sort_keys=True)
+    path = Path(cfg.paths.run_dir) / "_pretrained" / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+    if path.exists():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        trunk.load_state_dict(stored["state_dict"])
+        return {**stored["stats"], "pretrain_cached": True}
+    stats = pretrain_trunk(trunk, spec, cfg.paths.data_dir, cfg.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    torch.save({"state_dict": trunk.state_dict(), "stats": stats}, tmp)
+    os.replace(tmp, path)
+    return {**stats, "pretrain_cached": False}
+
+
+def _step_seconds(callback_times: list[float]) -> float | None:
+    return round(sum(callback_times) / len(callback_times), 4) if callback_times else None
+
+
+class _StepTimer(Callback):
+    """Wall-clock seconds of each training step (forward, backward, update), for the reports."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] = ()) -> dict:
+    """Train and test the detection experiment `cfg`; cached like `experiment.run`."""
+    from .experiment import _checkpoint_step, _loggers, _quiet_lightning, run_dir
+
+    if cfg.experiment is None:
+        raise ConfigError("run() needs an experiment: compose(paper, profile, ['experiment=<name>']).")
+    directory = run_dir(cfg)
+    result_path = directory / "result.json"
+    if result_path.exists() and not force:
+        return {**json.loads(result_path.read_text()), "cached": True}
+    if force:
+        shutil.rmtree(directory, ignore_errors=True)
+    _quiet_lightning()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    recipe = cfg.recipe
+    # Build the data first: a missing data set raises before anything is written.
+    world = 1
+    datamodule = build_detection_datamodule(
+        cfg.data, data_dir=cfg.paths.data_dir, batch_size=recipe.batch_size, seed=cfg.seed,
+        num_workers=min(8, os.cpu_count() or 1) if cfg.data.name != "synth_detection" else 0)
+    model = build_detector(cfg)
+    last = directory / "checkpoints" / "last.ckpt"
+    pretrained = {}
+    if recipe.get("pretrain") and not last.exists():  # a resumed run takes its weights from the checkpoint
+        trunk = model.trunk if hasattr(model, "trunk") else model.features  # R-CNN's CNN: `features`
+        pretrained = pretrained_trunk(trunk, recipe.pretrain, cfg)
+    task_class = DetectionTask
+    if getattr(model, "needs_proposals", False):
+        _attach(datamodule, cfg)
+        task_class = ProposalDetectionTask
+    datamodule.setup()
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    checkpoint = ModelCheckpoint(dirpath=directory / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=recipe.checkpoint_every_steps)
+    timer = _StepTimer()
+    validate = bool(recipe.get("val_every_steps"))
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        max_steps=recipe.max_steps, max_epochs=-1,
+        # Scoring mAP on the whole test set is costly: detection runs validate only when asked.
+        val_check_interval=recipe.val_every_steps if validate else None,
+        check_val_every_n_epoch=None, limit_val_batches=1.0 if validate else 0,
+        num_sanity_val_steps=0, callbacks=[checkpoint, timer, *callbacks],
+        logger=_loggers(cfg, directory), default_root_dir=str(directory),
+    )
+    world = trainer.world_size
+    if recipe.batch_size % world:
+        raise ConfigError(f"recipe.batch_size={recipe.batch_size} does not split over {world} devices.")
+    datamodule.batch_size = recipe.batch_size // world
+    task = task_class(model, recipe, num_classes=cfg.data.num_classes, protocol=cfg.data.get("protocol", "voc07"))
+    resumed_from = str(last) if last.exists() else None
+    resumed_step = _checkpoint_step(resumed_from)
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from)
+    train_seconds = time.perf_counter() - start
+    fit_post_hoc = getattr(model, "fit_post_hoc", None)  # R-CNN's SVMs and box regressors
+    post_hoc = {}
+    if callable(fit_post_hoc):
+        start = time.perf_counter()
+        fit_post_hoc(datamodule.train_dataloader())
+        post_hoc["post_hoc_seconds"] = round(time.perf_counter() - start, 2)
+        trainer.save_checkpoint(directory / "checkpoints" / "last.ckpt")  # with the SVMs and regressors
+    start = time.perf_counter()
+    trainer.test(task, datamodule=datamodule, verbose=False)
+    test_seconds = time.perf_counter() - start
+    scored = task.results["test"]
+    predictions = task.detections["test"][0][:SAVED_DETECTIONS]
+    if hasattr(model, "box_regression"):  # R-CNN: also scored without its box regression (Table 2)
+        model.box_regression = False
+        trainer.test(task, datamodule=datamodule, verbose=False)
+        model.box_regression = True
+        post_hoc["test_map_no_bb"] = 100.0 * float(task.results["test"]["map"])
+
+    result = {
+        "paper": cfg.paper.id, "experiment": cfg.experiment, "profile": cfg.profile.name,
+        "config_hash": config_hash(cfg), "model": cfg.model.name, "dataset": cfg.data.name,
+        "protocol": scored["protocol"], "params": count_params(model), "steps": trainer.global_step,
+        "test_map": 100.0 * float(scored["map"]),
+        **{f"test_{k}": 100.0 * float(scored[k]) for k in ("map_50", "map_75") if k in scored},
+        "per_class_ap": {k: round(100.0 * float(v), 2) for k, v in scored["per_class"].items()},
+        "train_seconds": round(train_seconds, 2), "seconds_per_step": _step_seconds(timer.times[5:] or timer.times),
+        "test_seconds": round(test_seconds, 2), "test_images": len(task.detections["test"][1]),
+        "resumed_from_step": resumed_step, "run_dir": str(directory), **pretrained, **post_hoc,
+    }
+    if trainer.is_global_zero:
+        torch.save([{k: v for k, v in p.items() if k in ("boxes", "scores", "labels")} for p in predictions],
+                   directory / "detections.pt")
+        tmp = result_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, result_path)
+    return {**result, "cached": False}
+
+
+def load_detections(result: Mapping) -> list[dict]:
+    """The detections (original image coordinates) of the first test images of a finished run."""
+    return torch.load(os.path.join(result["run_dir"], "detections.pt"), map_location="cpu", weights_only=True)
+
+
+def test_dataset(cfg: DictConfig):
+    """The experiment's test set as stored (no transforms): images and targets for the plots."""
+    datamodule = build_detection_datamodule(cfg.data, data_dir=cfg.paths.data_dir, batch_size=1, seed=cfg.seed)
+    return datamodule.make_test(None)
+
+
+def check_map_floors(paper: DictConfig, profile: str, results: Mapping[str, Mapping]) -> None:
+    """Fail on a run whose test mAP is below its floor (`paper.map_floors[profile]`, fractions of
+    1: `Report.check` reads `floors` as top-1 accuracies, so the detection papers keep theirs apart)."""
+    floors = (paper.get("map_floors") or {}).get(profile) or {}
+    low = [f"{name}: test mAP {results[name]['test_map']:.2f}% < floor {100 * floor:.0f}%"
+           for name, floor in floors.items()
+           if name in results and "test_map" in results[name] and results[name]["test_map"] / 100 < floor]
+    if low:
+        raise FloorNotMet("Runs below their mAP floor (conf/paper/%s.yaml: map_floors):\n  %s"
+                          % (paper.id, "\n  ".join(low)))
+
+
+# -- exact cells the generic counter cannot express ------------------------------------------------
+EXACT_QUANTITIES = ("params", "weights", "anchors", "pool5")
+
+
+def _exact_value(cell: Mapping, spec: Mapping) -> float:
+    """One cell: `params` (all parameters) or `weights` (weight matrices and kernels only, the
+    papers' "u x v" counts) of `module` of `model`, optionally after `truncated_svd` (ranks as
+    `svd_ranks: [fc6, fc7]`, applied to the module named by `svd_head`), or the number of
+    `anchors` of an image of `image_size` [H, W], or R-CNN's `pool5` feature size; divided by `divide_by` (the paper's units,
+    e.g. 1e4 for "2.8 x 10^4")."""
+    from .models.fast_rcnn import truncated_svd
+
+    quantity = cell.get("quantity", spec.get("quantity"))
+    if quantity not in EXACT_QUANTITIES:
+        raise ConfigError(f"table {spec['id']}, row {cell['row']!r}: quantity {quantity!r} is not one of "
+                          f"{', '.join(EXACT_QUANTITIES)}.")
+    kwargs = {**spec.get("model_kwargs", {}), **cell.get("model_kwargs", {})}
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = models.build(cell["model"], **kwargs)
+        if quantity == "pool5":  # R-CNN: the dimension of a region's pool5 feature
+            return float(torch.Size(model.pool5_shape).numel()) / float(cell.get("divide_by", 1))
+        if quantity == "anchors":
+            return float(model.num_anchors(tuple(cell.get("image_size", spec.get("image_size"))))) / float(
+                cell.get("divide_by", 1))
+        if cell.get("svd_ranks"):
+            head = cell.get("svd_head", "head")
+            setattr(model, head, truncated_svd(model.get_submodule(head), *cell["svd_ranks"]))
+    target = model.get_submodule(cell["module"]) if cell.get("module") else model
+    tensors = [p for p in target.parameters() if quantity == "params" or p.ndim >= 2]
+    return float(sum(p.numel() for p in tensors)) / float(cell.get("divide_by", 1))
+
+
+def exact_rows(report, table_id: str):
+    """An exact table of the R-CNN papers (`kind: exact` in conf/paper/<id>.yaml) whose cells
+    `Report.exact` cannot count (anchors, weights only, truncated SVD), in the report's columns,
+    stored in `report` like its own tables (so `Report.check` fails on a mismatch)."""
+    from .tables import _tolerance
+
+    spec = report.spec(table_id)
+    if spec["kind"] != "exact":
+        raise ConfigError(f"table {table_id} is {spec['kind']!r}, not 'exact'")
+    rows = []
+    for cell in spec["cells"]:
+        ours = _exact_value(cell, spec)
+        tol = _tolerance(spec, cell)
+        delta = ours - cell["paper"]
+        rows.append(report._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
+                                status="match" if abs(delta) <= tol + 1e-9 else "off"))
+    return report._store(table_id, rows)
+
+
+# -- the speed tables, measured on the hardware present --------------------------------------------
+def load_trained(cfg: DictConfig, result: Mapping) -> torch.nn.Module:
+    """The detector of a finished run, with its trained weights (the last checkpoint), in eval mode."""
+    model = build_detector(cfg)
+    checkpoint = torch.load(os.path.join(result["run_dir"], "checkpoints", "last.ckpt"), map_location="cpu",
+                            weights_only=False)
+    model.load_state_dict({k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")})
+    return model.eval()
+
+
+class _Clock:
+    """Seconds of one stage: wall clock synchronised with the GPU there; on a CPU, the process's
+    CPU time on one thread (the machine may be shared: CPU time is what a quiet one would take)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
+
+@torch.no_grad()
+def time_two_stage(model: torch.nn.Module, images: Sequence, stored: Sequence, *, selective_search_mode: str = "fast",
+                   max_proposals: int = 2000) -> dict[str, float]:
+    """Milliseconds per image of the stages of Faster R-CNN Table 4 (NIPS; Table 5 in arXiv v3),
+    one image at a time: `conv` (the shared VGG-16 layers), `rpn` (the RPN and its proposal
+    selection), `region_rpn` (RoI pooling, fc layers, softmax, per-class NMS on the RPN's
+    proposals), `selective_search` (on the stored image) and `region_ss` (the same region-wise
+    stage on its proposals, i.e. "SS + Fast R-CNN"). `model` is a FasterRCNN; `images` the
+    network's inputs and `stored` the same images as stored (uint8) for selective search."""
+    from . import proposals as P
+
+    device = next(model.parameters()).device
+    clock = _Clock(device)
+    threads = torch.get_num_threads()
+    if not clock.cuda:
+        torch.set_num_threads(1)
+    totals = dict.fromkeys(("conv", "rpn", "region_rpn", "selective_search", "region_ss"), 0.0)
+    counts = {"rpn": 0, "selective_search": 0}
+    try:
+        model.eval()
+        for image, raw in zip(images, stored):
+            image = image.to(device)
+            t0 = clock.now()
+            features, sizes = model.features([image])
+            t1 = clock.now()
+            _, _, _, proposals = model.propose(features, sizes)
+            t2 = clock.now()
+            model.detect(features, proposals, sizes)
+            t3 = clock.now()
+            start = time.process_time()  # selective search runs on the CPU, one thread
+            boxes = P.selective_search(raw, selective_search_mode, max_proposals)
+            ss = time.process_time() - start
+            scale = torch.tensor([image.shape[-1] / raw.shape[-1], image.shape[-2] / raw.shape[-2]] * 2)
+            t4 = clock.now()
+            model.detect(features, [(boxes * scale).to(device)], sizes)
+            t5 = clock.now()
+            for key, value in (("conv", t1 - t0), ("rpn", t2 - t1), ("region_rpn", t3 - t2),
+                               ("selective_search", ss), ("region_ss", t5 - t4)):
+                totals[key] += value
+            counts["rpn"] += len(proposals[0])
+            counts["selective_search"] += len(boxes)
+    finally:
+        torch.set_num_threads(threads)
+    n = max(1, len(images))
+    out = {k: 1000.0 * v / n for k, v in totals.items()}
+    out.update({f"{k}_proposals": c / n for k, c in counts.items()})
+    return out
+
+
+def speed_rows(report, table_id: str, measured: Mapping[str, float], hardware: str):
+    """A speed table (`kind: speed`): each cell's `ratio` is a quotient of two sums of measured
+    stages, `{num: [stage, ...], den: [stage, ...]}`, compared with the paper's quotient.
+    Absolute times depend on the hardware, so they go to the note; the status is `reduced` on
+    the reduced profile, and on the full one `match` within the cell's (relative) tolerance."""
+    spec = report.spec(table_id)
+    rows = []
+    for cell in spec["cells"]:
+        num = sum(measured[k] for k in cell["ratio"]["num"])
+        den = sum(measured[k] for k in cell["ratio"]["den"])
+        ours = num / den if den > 0 else float("nan")
+        tol = float(cell.get("tolerance", spec.get("tolerance", 0.5))) * cell["paper"]
+        delta = ours - cell["paper"]
+        note = (f"{' + '.join(cell['ratio']['num'])} {num:.1f} ms / {' + '.join(cell['ratio']['den'])} {den:.1f} ms "
+                f"per image ({hardware})")
+        status = "reduced" if report.profile != "full" else ("match" if abs(delta) <= tol else "off")
+        rows.append(report._row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status,
+                                note="; ".join(p for p in (cell.get("note"), note) if p)))
+    return report._store(table_id, rows)
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"one CPU thread, process time ({os.cpu_count()} cores present)"
+
+
+@torch.no_grad()
+def time_fast_rcnn(model: torch.nn.Module, images: Sequence, proposals: Sequence, svd_ranks=(1024, 256)
+                   ) -> dict[str, float]:
+    """Milliseconds per image of Fast R-CNN's test stages (Table 4, Fig. 2; proposals excluded),
+    one image at a time: `conv`, `region` (RoI pooling, fc layers, softmax, per-class NMS),
+    `fc` (fc6 and fc7 alone) and `region_svd` (the region-wise stage with fc6 and fc7 compressed
+    by `truncated_svd` to `svd_ranks`, scaled down with the model's widths)."""
+    import torch.nn.functional as F
+
+    from .models.fast_rcnn import postprocess, truncated_svd
+    from .ops import boxes as B
+
+    device = next(model.parameters()).device
+    clock = _Clock(device)
+    head = model.head
+    scale = head.fc7.in_features / 4096  # the paper's ranks are for VGG16's 4096-wide layers
+    compressed = truncated_svd(head, max(1, round(svd_ranks[0] * scale)), max(1, round(svd_ranks[1] * scale))).eval()
+    threads = torch.get_num_threads()
+    if not clock.cuda:
+        torch.set_num_threads(1)
+    totals = dict.fromkeys(("conv", "region", "fc", "region_svd"), 0.0)
+    try:
+        model.eval()
+        for image, boxes in zip(images, proposals):
+            image = image.to(device)
+            t0 = clock.now()
+            features, sizes = model.features([image])
+            t1 = clock.now()
+            rois = [B.clip_boxes_to_image(torch.as_tensor(boxes).float().to(device), sizes[0])]
+            for name, h in (("region", head), ("region_svd", compressed)):
+                start = clock.now()
+                logits, deltas = h(features, rois)
+                postprocess(logits, deltas, rois, sizes)
+                totals[name] += clock.now() - start
+            pooled = B.roi_pool(features, rois, head.pool_size, head.spatial_scale).flatten(1)
+            t2 = clock.now()
+            F.relu(head.fc7(F.relu(head.fc6(pooled))))
+            totals["fc"] += clock.now() - t2
+            totals["conv"] += t1 - t0
+    finally:
+        torch.set_num_threads(threads)
+    n = max(1, len(images))
+    return {k: 1000.0 * v / n for k, v in totals.items()}
+
+
+def timing_images(cfg: DictConfig, count: int = 10) -> tuple[list, list, object]:
+    """The first `count` test images as the network sees them (the test transform) and as
+    stored (uint8, for selective search), and the stored test set itself."""
+    datamodule = build_detection_datamodule(cfg.data, data_dir=cfg.paths.data_dir, batch_size=1, seed=cfg.seed)
+    stored_set = datamodule.make_test(None)
+    indices = range(min(count, len(stored_set)))
+    stored = [stored_set.read_image(i) for i in indices]
+    inputs = [datamodule.test_tf(image, stored_set.target(i))[0].as_subclass(torch.Tensor)
+              for i, image in zip(indices, stored)]
+    return inputs, stored, stored_set
+
+
+def not_run_rows(report, table_id: str, reason: str):
+    """Every cell of a table `not_run`, with `reason` (e.g. the data set is missing)."""
+    spec = report.spec(table_id)
+    rows = [report._row(spec, cell, ours=None, delta=None, tolerance=None, status="not_run", note=reason)
+            for cell in spec["cells"]]
+    return report._store(table_id, rows)
+
+
+@torch.no_grad()
+def time_rcnn_vs_fast(rcnn: torch.nn.Module, fast: torch.nn.Module, images: Sequence, proposals: Sequence
+                      ) -> dict[str, float]:
+    """Milliseconds per image of R-CNN's detection (every proposal warped and through the CNN,
+    SVMs, regressors, NMS) and Fast R-CNN's (conv layers once, RoI pooling, fc layers, NMS) on
+    the same images and proposals, proposal time excluded (Fast R-CNN Table 4)."""
+    device = next(fast.parameters()).device
+    clock = _Clock(device)
+    threads = torch.get_num_threads()
+    if not clock.cuda:
+        torch.set_num_threads(1)
+    totals = {"rcnn": 0.0, "fast_rcnn": 0.0}
+    try:
+        rcnn.eval()
+        fast.eval()
+        for image, boxes in zip(images, proposals):
+            image, boxes = image.to(device), torch.as_tensor(boxes).float().to(device)
+            for name, model in (("rcnn", rcnn), ("fast_rcnn", fast)):
+                start = clock.now()
+                model([image], proposals=[boxes])
+                totals[name] += clock.now() - start
+    finally:
+        torch.set_num_threads(threads)
+    n = max(1, len(images))
+    return {k: 1000.0 * v / n for k, v in totals.items()}
