@@ -20,7 +20,7 @@ def training_curves(results: Mapping[str, dict], panels: Sequence[tuple[str, Seq
     rows = []
     for ax, (title, names) in zip(axes[0], panels):
         for i, name in enumerate(names):
-            if name not in results:
+            if name not in results or "not_run" in results[name]:  # no curve for a run not made
                 continue
             curves = load_curves(results[name])
             colour = f"C{i}"
