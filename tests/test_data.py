@@ -175,7 +175,7 @@ def test_bad_values_raise_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="data.name") as error:
         build("fashion_mnist", tmp_path, name="fashion-mnist")
     assert "fashion_mnist" in str(error.value) and all(d in str(error.value) for d in DATASETS)
-    with pytest.raises(ConfigError, match="augment.*Allowed: cifar, imagenet, none"):
+    with pytest.raises(ConfigError, match="augment.*Allowed: cifar, imagenet, inception, none"):
         build("cifar10", tmp_path, augment="autoaugment")
     with pytest.raises(ConfigError, match="normalize.*Allowed: channel_mean, none, per_pixel_mean"):
         build("cifar10", tmp_path, normalize="std")
