@@ -50,3 +50,24 @@ def test_forward_shape_and_knobs():
     model = models.build("vgg11", num_classes=10, in_channels=1).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_width_mult_scales_convolutions_and_hidden_fc_layers():
+    # 1/8 of the widths: filters 8/16/32/64/64, FC 64*7*7 -> 512 -> 512 -> 10 (the reduced profile's A).
+    with torch.device("meta"):
+        model = models.build("vgg11", num_classes=10, in_channels=1, width_mult=0.125)
+    convs = [m.out_channels for m in model.features if isinstance(m, nn.Conv2d)]
+    assert convs == [8, 16, 32, 32, 64, 64, 64, 64]
+    widths = [(m.in_features, m.out_features) for m in model.classifier if isinstance(m, nn.Linear)]
+    assert widths == [(64 * 49, 512), (512, 512), (512, 10)]
+    conv_params = sum(9 * i * o + o for i, o in zip([1, *convs[:-1]], convs))
+    assert count(model, (1, 32, 32)).params == conv_params + 64 * 49 * 512 + 512 + 512 * 512 + 512 + 5130
+    with torch.device("meta"):
+        assert count(models.build("vgg16", width_mult=1.0), (3, 224, 224)).params == PARAMS["vgg16"]
+
+
+def test_reduced_profile_input_reaches_one_pixel():
+    model = models.build("vgg16", num_classes=10, in_channels=1, width_mult=0.125).eval()
+    with torch.no_grad():
+        assert model.features(torch.randn(2, 1, 32, 32)).shape == (2, 64, 1, 1)
+        assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)

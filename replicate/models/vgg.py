@@ -4,6 +4,10 @@ Table 1 of the paper, column by column: stacks of 3x3 convolutions (stride 1, pa
 separated by five 2x2 max-pools, then FC-4096, FC-4096 (dropout 0.5 on both, Sec. 3.1) and the
 classifier. No batch norm: it postdates the paper. Configuration A-LRN adds local response
 normalisation after the first convolution; C adds a 1x1 convolution at the end of blocks 3-5.
+
+`width_mult` scales every convolution's filters and the two hidden fully-connected layers
+(default 1.0: the paper's widths and Table 2's parameter counts). It exists for the reduced
+profile, which trains these configurations at 32x32 on two CPU cores.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ CONFIGS: dict[str, list] = {
 }
 
 
-def make_features(config: Sequence, in_channels: int = 3) -> nn.Sequential:
+def _scaled(width: int, width_mult: float) -> int:
+    return max(1, round(width * width_mult))
+
+
+def make_features(config: Sequence, in_channels: int = 3, width_mult: float = 1.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = in_channels
     for item in config:
@@ -40,6 +48,7 @@ def make_features(config: Sequence, in_channels: int = 3) -> nn.Sequential:
             layers.append(nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0))
         else:
             kernel, width = (1, int(item.split("-")[1])) if isinstance(item, str) else (3, item)
+            width = _scaled(width, width_mult)
             layers += [nn.Conv2d(channels, width, kernel, padding=kernel // 2), nn.ReLU(inplace=True)]
             channels = width
     return nn.Sequential(*layers)
@@ -48,15 +57,19 @@ def make_features(config: Sequence, in_channels: int = 3) -> nn.Sequential:
 class VGG(nn.Module):
     """Convolutional stacks, then three fully-connected layers (Sec. 2.1, Table 1)."""
 
-    def __init__(self, config: Sequence, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5):
+    def __init__(self, config: Sequence, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5,
+                 width_mult: float = 1.0):
         super().__init__()
-        self.features = make_features(config, in_channels)
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be positive, not {width_mult!r}")
+        self.features = make_features(config, in_channels, width_mult)
+        channels, hidden = _scaled(512, width_mult), _scaled(4096, width_mult)
         # 224 px in, five 2x2 pools: 7x7 maps; other sizes are pooled to 7x7 so the FC sizes stay the paper's.
         self.pool = nn.AdaptiveAvgPool2d(7)
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(4096, num_classes),
+            nn.Linear(channels * 7 * 7, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
         )
         for m in self.modules():
             # Sec. 3.1: "the random initialisation procedure of Glorot & Bengio (2010)" trains the
