@@ -117,7 +117,9 @@ def build_datamodule(
             raise ConfigError(f"data.eval_resize={eval_resize} is smaller than the crop data.image_size={image_size}.")
         return ImageNetDataModule(
             data_dir=data_dir, num_classes=num_classes, image_size=image_size,
-            scale_range=_scale_range(data_cfg, image_size), eval_resize=eval_resize, eval_crops=eval_crops,
+            # Only Sec. 3.4's scale augmentation reads the range; other crops ignore it.
+            scale_range=_scale_range(data_cfg, image_size) if augment == "imagenet" else (image_size, image_size),
+            eval_resize=eval_resize, eval_crops=eval_crops,
             batch_size=batch_size, augment=augment, normalize=normalize, seed=seed, num_workers=num_workers,
             train_subset=train_subset, test_subset=test_subset, **extra,
         )
