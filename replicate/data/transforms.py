@@ -68,6 +68,21 @@ def pad_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None =
     return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def _resample_windows(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor,
+                      generator: torch.Generator | None) -> torch.Tensor:
+    """Resample each sample's window (width and height as fractions of the side, centre in
+    normalised coordinates) to the full size, mirrored with probability 1/2: one `grid_sample`."""
+    b = x.shape[0]
+    sign = torch.where(torch.rand(b, device=x.device, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = sign * w
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def scale_crop_flip(
     x: torch.Tensor, scale_range: Sequence[float], generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -86,14 +101,7 @@ def scale_crop_flip(
     # Window centre in normalised coordinates: anywhere that keeps the window inside the image.
     cx = (1 - frac) * (2 * torch.rand(b, **opts) - 1)
     cy = (1 - frac) * (2 * torch.rand(b, **opts) - 1)
-    sign = torch.where(torch.rand(b, **opts) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = sign * frac
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = frac
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return _resample_windows(x, frac, frac, cx, cy, generator)
 
 
 def random_resized_crop_flip(
@@ -113,14 +121,7 @@ def random_resized_crop_flip(
     h = torch.sqrt(s / r).clamp(max=1.0)
     cx = (1 - w) * (2 * torch.rand(b, **opts) - 1)
     cy = (1 - h) * (2 * torch.rand(b, **opts) - 1)
-    sign = torch.where(torch.rand(b, **opts) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = sign * w
-    theta[:, 0, 2] = cx
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return _resample_windows(x, w, h, cx, cy, generator)
 
 
 def per_sample(transform: nn.Module, x: torch.Tensor) -> torch.Tensor:
