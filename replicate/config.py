@@ -159,7 +159,7 @@ class _writable:
 _RESULT_KEYS = ("experiment", "seed", "data", "model", "recipe", "quant", "trainer", "speed")
 _NON_RESULT_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps",
                             "accelerator", "devices", "num_nodes", "strategy")
-_TRAINING_CODE = ("models", "tasks", "data", "quant", "ops", "experiment.py", "experiment_detection.py")
+_TRAINING_CODE = ("models", "tasks", "data", "quant", "ops", "experiment.py", "experiment_detection.py", "proposals.py")
 
 
 def code_fingerprint() -> str:

@@ -15,9 +15,11 @@ and `detections.pt` in the run directory keeps the detections of the first test 
 notebook can draw them from a cached run (`load_detections`).
 
 Also here: the rows of the R-CNN papers' tables that `tables.Report.exact` cannot count (anchor
-counts, parameters of weight matrices after truncated SVD: `exact_rows`), the speed tables
-measured on the hardware present (`time_faster_rcnn`, `time_fast_vs_rcnn`, `speed_rows`) and the
-mAP floors of the reduced profile (`check_map_floors`).
+counts, parameters of weight matrices after truncated SVD: `exact_value`, the counter that
+`Report.exact` takes) and the stage times behind the speed tables, measured on the hardware
+present (`time_two_stage`, `time_fast_rcnn`, `time_rcnn_vs_fast`; `Report.speed` turns them into
+the papers' ratios). The mAP floors of the reduced profile are `floors` in conf/paper/<id>.yaml,
+checked by `Report.check` as the classification papers' accuracy floors.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from . import models
 from .complexity import count_params
 from .config import config_hash
 from .data.detection import DATASETS, build_detection_datamodule
-from .errors import ConfigError, FloorNotMet
+from .errors import ConfigError
 from .tasks.detection import DetectionTask, _to_cpu, to_original_size
+from .timing import Clock, hardware  # noqa: F401  (hardware: the notebooks' notes)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def _attach(datamodule, cfg: DictConfig) -> None:
         setattr(datamodule, attr, wrapped)
 
 
-def pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int = 0) -> dict:
+def pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int = 0, subtract_mean: bool = True) -> dict:
     """The reduced profile's stand-in for the papers' ImageNet pre-training (R-CNN Sec. 2.3,
     Fast R-CNN Sec. 2.2, Faster R-CNN Sec. 3.1.3): `trunk` learns to classify Fashion-MNIST
     training items (the objects the generated canvases are made of, never its test items),
@@ -100,6 +103,9 @@ def pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int = 
     `image_size` (at least 64: smaller inputs leave conv5 with 1x1 maps), for `steps` Adam steps
     of `batch_size` at `lr`, through global average pooling and a linear classifier that is then
     dropped.
+    The inputs are prepared as the detector's (`subtract_mean`: the data's `channel_mean`
+    normalisation; YOLO's inputs stay in [0, 1]); a trunk that returns several feature maps
+    (YOLOv3/v4's backbones) is classified from its last, deepest one.
     Returns the pre-training's final accuracy on its batches and its duration."""
     import torch.nn.functional as F
 
@@ -108,16 +114,17 @@ def pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int = 
 
     images, labels = fashion_mnist.read_split(fashion_mnist.locate(data_dir), "train")
     generator = torch.Generator().manual_seed(int(seed))
-    channels = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)][-1].out_channels
+    size, batch, steps = int(spec.get("image_size", 64)), int(spec.get("batch_size", 64)), int(spec["steps"])
+    was_training = trunk.training
+    with torch.no_grad():  # the width of the trunk's (last) feature map
+        channels = _deepest(trunk.eval()(torch.zeros(1, 3, size, size))).shape[1]
     classifier = torch.nn.Linear(channels, int(labels.max()) + 1)
     params = [p for p in trunk.parameters() if p.requires_grad] + list(classifier.parameters())
     # Adam, not the papers' SGD: this stage only stands in for pre-trained weights, and SGD does
     # not move a plain 13-layer ReLU stack from its initialisation within a few hundred steps
     # (measured: chance accuracy after 120 steps at learning rates 0.003-0.1; Adam: 81%).
     optimizer = torch.optim.Adam(params, lr=float(spec.get("lr", 1e-3)))
-    mean = torch.tensor(IMAGENET_RGB_MEAN).view(1, 3, 1, 1)
-    size, batch, steps = int(spec.get("image_size", 64)), int(spec.get("batch_size", 64)), int(spec["steps"])
-    was_training = trunk.training
+    mean = torch.tensor(IMAGENET_RGB_MEAN).view(1, 3, 1, 1) if subtract_mean else torch.zeros(1, 3, 1, 1)
     trunk.train()
     start, correct, seen = time.perf_counter(), 0, 0
     for step in range(steps):
@@ -127,7 +134,7 @@ def pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int = 
         background = torch.rand(batch, 3, 1, 1, generator=generator)
         x = F.interpolate(ink * colour + (1 - ink) * background, size=(size, size), mode="bilinear",
                           align_corners=False) - mean
-        logits = classifier(trunk(x).mean((2, 3)))
+        logits = classifier(_deepest(trunk(x)).mean((2, 3)))
         loss = F.cross_entropy(logits, labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -140,6 +147,25 @@ def pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int = 
             "pretrain_seconds": round(time.perf_counter() - start, 2), "pretrain_steps": steps}
 
 
+PRETRAINED_PARTS = ("trunk", "features", "backbone", "network.backbone")
+
+
+def _pretrained_part(model: torch.nn.Module) -> torch.nn.Module:
+    """The part of a detector that the papers pre-train on ImageNet: VGG-16's conv layers
+    (`trunk`), R-CNN's CNN (`features`), YOLO's Darknet (`backbone`, `network.backbone`)."""
+    for name in PRETRAINED_PARTS:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            continue
+    raise ConfigError(f"recipe.pretrain: {type(model).__name__} has none of the submodules "
+                      f"{', '.join(PRETRAINED_PARTS)}; set recipe.pretrain=null for it.")
+
+
+def _deepest(features):
+    return features[-1] if isinstance(features, (list, tuple)) else features
+
+
 def pretrained_trunk(trunk: torch.nn.Module, spec: Mapping, cfg: DictConfig) -> dict:
     """`pretrain_trunk`, done once per (trunk, stage settings, seed) and kept in
     `<run_dir>/_pretrained/`: the experiments of a paper (and the papers sharing the VGG-16
@@ -147,14 +173,15 @@ def pretrained_trunk(trunk: torch.nn.Module, spec: Mapping, cfg: DictConfig) -> 
     from .config import code_fingerprint
 
     spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
-    key = json.dumps({"spec": spec, "trunk": repr(trunk), "seed": int(cfg.seed), "code": code_fingerprint()},
-                     sort_keys=True)
+    subtract_mean = cfg.data.get("normalize", "channel_mean") == "channel_mean"
+    key = json.dumps({"spec": spec, "trunk": repr(trunk), "seed": int(cfg.seed), "code": code_fingerprint(),
+                      "subtract_mean": subtract_mean}, sort_keys=True)
     path = Path(cfg.paths.run_dir) / "_pretrained" / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if path.exists():
         stored = torch.load(path, map_location="cpu", weights_only=True)
         trunk.load_state_dict(stored["state_dict"])
         return {**stored["stats"], "pretrain_cached": True}
-    stats = pretrain_trunk(trunk, spec, cfg.paths.data_dir, cfg.seed)
+    stats = pretrain_trunk(trunk, spec, cfg.paths.data_dir, cfg.seed, subtract_mean)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     torch.save({"state_dict": trunk.state_dict(), "stats": stats}, tmp)
@@ -167,17 +194,20 @@ def _step_seconds(callback_times: list[float]) -> float | None:
 
 
 class _StepTimer(Callback):
-    """Wall-clock seconds of each training step (forward, backward, update), for the reports."""
+    """Seconds of each training step (forward, backward, update), wall clock and the process's
+    CPU time (all its threads: on a shared machine the wall clock overstates a quiet one's)."""
 
     def __init__(self):
         self.times: list[float] = []
-        self._start = 0.0
+        self.cpu_times: list[float] = []
+        self._start = self._cpu = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._start = time.perf_counter()
+        self._start, self._cpu = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.times.append(time.perf_counter() - self._start)
+        self.cpu_times.append(time.process_time() - self._cpu)
 
 
 def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] = ()) -> dict:
@@ -204,7 +234,7 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
     last = directory / "checkpoints" / "last.ckpt"
     pretrained = {}
     if recipe.get("pretrain") and not last.exists():  # a resumed run takes its weights from the checkpoint
-        trunk = model.trunk if hasattr(model, "trunk") else model.features  # R-CNN's CNN: `features`
+        trunk = _pretrained_part(model)
         pretrained = pretrained_trunk(trunk, recipe.pretrain, cfg)
     task_class = DetectionTask
     if getattr(model, "needs_proposals", False):
@@ -249,6 +279,16 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
     test_seconds = time.perf_counter() - start
     scored = task.results["test"]
     predictions = task.detections["test"][0][:SAVED_DETECTIONS]
+    for size in recipe.get("test_input_sizes") or []:  # YOLO: one trained network, several input sizes
+        if not hasattr(model, "input_size"):
+            raise ConfigError(f"recipe.test_input_sizes: {cfg.model.name} has no input size to change; "
+                              "leave test_input_sizes empty for it.")
+        trained_size, model.input_size = model.input_size, int(size)
+        trainer.test(task, datamodule=datamodule, verbose=False)
+        model.input_size = trained_size
+        for key in ("map", "map_50", "map_75"):
+            if key in task.results["test"]:
+                post_hoc[f"test_{key}_{int(size)}"] = 100.0 * float(task.results["test"][key])
     if hasattr(model, "box_regression"):  # R-CNN: also scored without its box regression (Table 2)
         model.box_regression = False
         trainer.test(task, datamodule=datamodule, verbose=False)
@@ -263,6 +303,7 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
         **{f"test_{k}": 100.0 * float(scored[k]) for k in ("map_50", "map_75") if k in scored},
         "per_class_ap": {k: round(100.0 * float(v), 2) for k, v in scored["per_class"].items()},
         "train_seconds": round(train_seconds, 2), "seconds_per_step": _step_seconds(timer.times[5:] or timer.times),
+        "cpu_seconds_per_step": _step_seconds(timer.cpu_times[5:] or timer.cpu_times),
         "test_seconds": round(test_seconds, 2), "test_images": len(task.detections["test"][1]),
         "resumed_from_step": resumed_step, "run_dir": str(directory), **pretrained, **post_hoc,
     }
@@ -286,67 +327,58 @@ def test_dataset(cfg: DictConfig):
     return datamodule.make_test(None)
 
 
-def check_map_floors(paper: DictConfig, profile: str, results: Mapping[str, Mapping]) -> None:
-    """Fail on a run whose test mAP is below its floor (`paper.map_floors[profile]`, fractions of
-    1: `Report.check` reads `floors` as top-1 accuracies, so the detection papers keep theirs apart)."""
-    floors = (paper.get("map_floors") or {}).get(profile) or {}
-    low = [f"{name}: test mAP {results[name]['test_map']:.2f}% < floor {100 * floor:.0f}%"
-           for name, floor in floors.items()
-           if name in results and "test_map" in results[name] and results[name]["test_map"] / 100 < floor]
-    if low:
-        raise FloorNotMet("Runs below their mAP floor (conf/paper/%s.yaml: map_floors):\n  %s"
-                          % (paper.id, "\n  ".join(low)))
-
-
 # -- exact cells the generic counter cannot express ------------------------------------------------
-EXACT_QUANTITIES = ("params", "weights", "anchors", "pool5")
+EXACT_QUANTITIES = ("params", "weights", "anchors", "pool5", "out_channels", "output_elements")
 
 
-def _exact_value(cell: Mapping, spec: Mapping) -> float:
-    """One cell: `params` (all parameters) or `weights` (weight matrices and kernels only, the
-    papers' "u x v" counts) of `module` of `model`, optionally after `truncated_svd` (ranks as
-    `svd_ranks: [fc6, fc7]`, applied to the module named by `svd_head`), or the number of
-    `anchors` of an image of `image_size` [H, W], or R-CNN's `pool5` feature size; divided by `divide_by` (the paper's units,
-    e.g. 1e4 for "2.8 x 10^4")."""
+def exact_value(cell: Mapping, spec: Mapping) -> float:
+    """One exact cell of a detection paper (`Report.exact(table_id, counter=exact_value)`), of
+    the registry model `model` built with `model_kwargs` on the meta device:
+
+    * `params` (all parameters) or `weights` (weight matrices and kernels only, the papers'
+      "u x v" counts) of `module` (a dotted name, or a list of them: summed), optionally after
+      `truncated_svd` (ranks as `svd_ranks: [fc6, fc7]`, applied to the module named by `svd_head`);
+    * `anchors`: the anchors of an image of `image_size` [H, W] (Faster R-CNN);
+    * `pool5`: R-CNN's pool5 feature size;
+    * `out_channels`: the filters of the convolution `module` (YOLOv2's 125-filter VOC head);
+    * `output_elements`: the values the network (or `module`) outputs per image of
+      `input_size` [C, H, W] (YOLOv1's 7 x 7 x 30);
+    * any quantity of `replicate.complexity` (`gops`, `mparams`, ...) for `input_size`.
+
+    The value is divided by `divide_by` (the paper's units, e.g. 1e4 for "2.8 x 10^4")."""
+    from .complexity import QUANTITIES, count
     from .models.fast_rcnn import truncated_svd
 
     quantity = cell.get("quantity", spec.get("quantity"))
-    if quantity not in EXACT_QUANTITIES:
+    known = EXACT_QUANTITIES + tuple(q for q in QUANTITIES if q not in EXACT_QUANTITIES)
+    if quantity not in known:
         raise ConfigError(f"table {spec['id']}, row {cell['row']!r}: quantity {quantity!r} is not one of "
-                          f"{', '.join(EXACT_QUANTITIES)}.")
+                          f"{', '.join(known)}.")
     kwargs = {**spec.get("model_kwargs", {}), **cell.get("model_kwargs", {})}
+    divide_by = float(cell.get("divide_by", 1))
+    input_size = cell.get("input_size", spec.get("input_size"))
+    names = cell.get("module")
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = models.build(cell["model"], **kwargs)
         if quantity == "pool5":  # R-CNN: the dimension of a region's pool5 feature
-            return float(torch.Size(model.pool5_shape).numel()) / float(cell.get("divide_by", 1))
+            return float(torch.Size(model.pool5_shape).numel()) / divide_by
         if quantity == "anchors":
-            return float(model.num_anchors(tuple(cell.get("image_size", spec.get("image_size"))))) / float(
-                cell.get("divide_by", 1))
+            return float(model.num_anchors(tuple(cell.get("image_size", spec.get("image_size"))))) / divide_by
+        if quantity == "out_channels":
+            return float(model.get_submodule(names).weight.shape[0]) / divide_by
+        if quantity == "output_elements":
+            target = model.get_submodule(names) if names else model
+            with torch.no_grad():
+                output = target.eval()(torch.zeros(1, *input_size))
+            return float(output.numel()) / divide_by
+        if quantity not in EXACT_QUANTITIES:
+            return float(getattr(count(model.eval(), input_size, module=names), quantity)) / divide_by
         if cell.get("svd_ranks"):
             head = cell.get("svd_head", "head")
             setattr(model, head, truncated_svd(model.get_submodule(head), *cell["svd_ranks"]))
-    target = model.get_submodule(cell["module"]) if cell.get("module") else model
-    tensors = [p for p in target.parameters() if quantity == "params" or p.ndim >= 2]
-    return float(sum(p.numel() for p in tensors)) / float(cell.get("divide_by", 1))
-
-
-def exact_rows(report, table_id: str):
-    """An exact table of the R-CNN papers (`kind: exact` in conf/paper/<id>.yaml) whose cells
-    `Report.exact` cannot count (anchors, weights only, truncated SVD), in the report's columns,
-    stored in `report` like its own tables (so `Report.check` fails on a mismatch)."""
-    from .tables import _tolerance
-
-    spec = report.spec(table_id)
-    if spec["kind"] != "exact":
-        raise ConfigError(f"table {table_id} is {spec['kind']!r}, not 'exact'")
-    rows = []
-    for cell in spec["cells"]:
-        ours = _exact_value(cell, spec)
-        tol = _tolerance(spec, cell)
-        delta = ours - cell["paper"]
-        rows.append(report._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
-                                status="match" if abs(delta) <= tol + 1e-9 else "off"))
-    return report._store(table_id, rows)
+    targets = [model.get_submodule(n) for n in ([names] if isinstance(names, str) else names)] if names else [model]
+    tensors = [p for t in targets for p in t.parameters() if quantity == "params" or p.ndim >= 2]
+    return float(sum(p.numel() for p in tensors)) / divide_by
 
 
 # -- the speed tables, measured on the hardware present --------------------------------------------
@@ -357,20 +389,6 @@ def load_trained(cfg: DictConfig, result: Mapping) -> torch.nn.Module:
                             weights_only=False)
     model.load_state_dict({k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")})
     return model.eval()
-
-
-class _Clock:
-    """Seconds of one stage: wall clock synchronised with the GPU there; on a CPU, the process's
-    CPU time on one thread (the machine may be shared: CPU time is what a quiet one would take)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return time.process_time()
 
 
 @torch.no_grad()
@@ -385,7 +403,7 @@ def time_two_stage(model: torch.nn.Module, images: Sequence, stored: Sequence, *
     from . import proposals as P
 
     device = next(model.parameters()).device
-    clock = _Clock(device)
+    clock = Clock(device)
     threads = torch.get_num_threads()
     if not clock.cuda:
         torch.set_num_threads(1)
@@ -422,33 +440,6 @@ def time_two_stage(model: torch.nn.Module, images: Sequence, stored: Sequence, *
     return out
 
 
-def speed_rows(report, table_id: str, measured: Mapping[str, float], hardware: str):
-    """A speed table (`kind: speed`): each cell's `ratio` is a quotient of two sums of measured
-    stages, `{num: [stage, ...], den: [stage, ...]}`, compared with the paper's quotient.
-    Absolute times depend on the hardware, so they go to the note; the status is `reduced` on
-    the reduced profile, and on the full one `match` within the cell's (relative) tolerance."""
-    spec = report.spec(table_id)
-    rows = []
-    for cell in spec["cells"]:
-        num = sum(measured[k] for k in cell["ratio"]["num"])
-        den = sum(measured[k] for k in cell["ratio"]["den"])
-        ours = num / den if den > 0 else float("nan")
-        tol = float(cell.get("tolerance", spec.get("tolerance", 0.5))) * cell["paper"]
-        delta = ours - cell["paper"]
-        note = (f"{' + '.join(cell['ratio']['num'])} {num:.1f} ms / {' + '.join(cell['ratio']['den'])} {den:.1f} ms "
-                f"per image ({hardware})")
-        status = "reduced" if report.profile != "full" else ("match" if abs(delta) <= tol else "off")
-        rows.append(report._row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status,
-                                note="; ".join(p for p in (cell.get("note"), note) if p)))
-    return report._store(table_id, rows)
-
-
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"one CPU thread, process time ({os.cpu_count()} cores present)"
-
-
 @torch.no_grad()
 def time_fast_rcnn(model: torch.nn.Module, images: Sequence, proposals: Sequence, svd_ranks=(1024, 256)
                    ) -> dict[str, float]:
@@ -462,7 +453,7 @@ def time_fast_rcnn(model: torch.nn.Module, images: Sequence, proposals: Sequence
     from .ops import boxes as B
 
     device = next(model.parameters()).device
-    clock = _Clock(device)
+    clock = Clock(device)
     head = model.head
     scale = head.fc7.in_features / 4096  # the paper's ranks are for VGG16's 4096-wide layers
     compressed = truncated_svd(head, max(1, round(svd_ranks[0] * scale)), max(1, round(svd_ranks[1] * scale))).eval()
@@ -506,14 +497,6 @@ def timing_images(cfg: DictConfig, count: int = 10) -> tuple[list, list, object]
     return inputs, stored, stored_set
 
 
-def not_run_rows(report, table_id: str, reason: str):
-    """Every cell of a table `not_run`, with `reason` (e.g. the data set is missing)."""
-    spec = report.spec(table_id)
-    rows = [report._row(spec, cell, ours=None, delta=None, tolerance=None, status="not_run", note=reason)
-            for cell in spec["cells"]]
-    return report._store(table_id, rows)
-
-
 @torch.no_grad()
 def time_rcnn_vs_fast(rcnn: torch.nn.Module, fast: torch.nn.Module, images: Sequence, proposals: Sequence
                       ) -> dict[str, float]:
@@ -521,7 +504,7 @@ def time_rcnn_vs_fast(rcnn: torch.nn.Module, fast: torch.nn.Module, images: Sequ
     SVMs, regressors, NMS) and Fast R-CNN's (conv layers once, RoI pooling, fc layers, NMS) on
     the same images and proposals, proposal time excluded (Fast R-CNN Table 4)."""
     device = next(fast.parameters()).device
-    clock = _Clock(device)
+    clock = Clock(device)
     threads = torch.get_num_threads()
     if not clock.cuda:
         torch.set_num_threads(1)

@@ -13,7 +13,7 @@ import math
 import operator
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -90,15 +90,26 @@ class Report:
             self._counted[key] = count(model, input_size, module=module)
         return self._counted[key]
 
-    def exact(self, table_id: str) -> pd.DataFrame:
+    def exact(self, table_id: str, counter: Callable[[Mapping, Mapping], float] | None = None) -> pd.DataFrame:
         """Cells computed from the model definitions. A cell may override the table's
         `model_kwargs`, `input_size` and `quantity`, and may name a `module` to count that
-        submodule alone (per-layer tables)."""
+        submodule alone (per-layer tables).
+
+        `counter(cell, spec) -> value` replaces the generic count for quantities it does not
+        know (e.g. the anchors of an image, the weights of a layer after truncated SVD:
+        `replicate.experiment_detection.exact_value`); the comparison and `check` are the same."""
         spec = self.spec(table_id)
         if spec["kind"] != "exact":
             raise ConfigError(f"table {table_id} is {spec['kind']!r}, not 'exact'")
         rows, params = [], []
         for cell in spec["cells"]:
+            if counter is not None:
+                ours = float(counter(cell, spec))
+                tol = _tolerance(spec, cell)
+                delta = ours - cell["paper"]
+                rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
+                                      status="match" if abs(delta) <= tol + 1e-9 else "off"))
+                continue
             kwargs = {**spec.get("model_kwargs", {}), **cell.get("model_kwargs", {})}
             input_size = cell.get("input_size", spec.get("input_size"))
             quantity = cell.get("quantity", spec.get("quantity"))
@@ -142,11 +153,46 @@ class Report:
             delta = ours - cell["paper"]
             if result.get("profile", self.profile) != "full":
                 status = "reduced"
-                note = _join(cell.get("note"), f"{result['dataset']}, {result['steps']} iterations")
+                note = _join(cell.get("note"), result.get("summary") or f"{result['dataset']}, {result['steps']} iterations")
             else:
                 status = "match" if abs(delta) <= tol else "off"
                 note = cell.get("note", "")
             rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status, note=note))
+        return self._store(table_id, rows)
+
+    def speed(self, table_id: str, measured: Mapping[str, float], hardware: str) -> pd.DataFrame:
+        """A speed table (`kind: speed`): each cell's `ratio` is a quotient of two sums of
+        measured quantities, `{num: [name, ...], den: [name, ...]}` (stage times, frames per
+        second), compared with the paper's quotient, since absolute times depend on the hardware
+        (they go to the note). The tolerance is relative (a fraction of the paper's ratio). The
+        status is `reduced` off the full profile, and `match` or `off` on it."""
+        spec = self.spec(table_id)
+        if spec["kind"] != "speed":
+            raise ConfigError(f"table {table_id} is {spec['kind']!r}, not 'speed'")
+        rows = []
+        for cell in spec["cells"]:
+            missing = [k for k in (*cell["ratio"]["num"], *cell["ratio"]["den"]) if k not in measured]
+            if missing:
+                raise ConfigError(f"table {table_id}, row {cell['row']!r}: no measurement named "
+                                  f"{', '.join(missing)} (measured: {', '.join(measured)})")
+            num = sum(measured[k] for k in cell["ratio"]["num"])
+            den = sum(measured[k] for k in cell["ratio"]["den"])
+            ours = num / den if den > 0 else float("nan")
+            tol = float(cell.get("tolerance", spec.get("tolerance", 0.5))) * cell["paper"]
+            delta = ours - cell["paper"]
+            unit = spec.get("measured_unit", "ms")
+            note = (f"{' + '.join(cell['ratio']['num'])} {num:.4g} {unit} / {' + '.join(cell['ratio']['den'])} "
+                    f"{den:.4g} {unit} ({hardware})")
+            status = "reduced" if self.profile != "full" else ("match" if abs(delta) <= tol else "off")
+            rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status,
+                                  note=_join(cell.get("note"), note)))
+        return self._store(table_id, rows)
+
+    def not_run(self, table_id: str, reason: str) -> pd.DataFrame:
+        """Every cell of a table `not_run`, with `reason` (e.g. the run it needs is missing)."""
+        spec = self.spec(table_id)
+        rows = [self._row(spec, cell, ours=None, delta=None, tolerance=None, status="not_run",
+                          note=_join(cell.get("note"), reason)) for cell in spec["cells"]]
         return self._store(table_id, rows)
 
     def claims(self, claim_id: str, results: Mapping[str, dict]) -> pd.DataFrame:
@@ -205,11 +251,16 @@ class Report:
         if off:
             raise ExactTableMismatch("Exact cells outside their tolerance:\n  " + "\n  ".join(off))
         floors = (self.paper.get("floors") or {}).get(self.profile) or {}
-        low = [f"{name}: test accuracy {100 - self.runs[name]['test_top1_err']:.2f}% < floor {100 * floor:.0f}%"
-               for name, floor in floors.items()
-               if name in self.runs and "not_run" not in self.runs[name] and (100 - self.runs[name]["test_top1_err"]) / 100 < floor]
+        low = []
+        for name, floor in floors.items():
+            run = self.runs.get(name)
+            if run is None or "not_run" in run:
+                continue
+            what, score = _floor_score(run)
+            if score < floor:
+                low.append(f"{name}: {what} {100 * score:.2f}% < floor {100 * floor:g}%")
         if low:
-            raise FloorNotMet("Runs below their accuracy floor (conf/paper/%s.yaml: floors):\n  %s"
+            raise FloorNotMet("Runs below their floor (conf/paper/%s.yaml: floors):\n  %s"
                               % (self.paper.id, "\n  ".join(low)))
 
     def counts(self) -> dict[str, int]:
@@ -228,8 +279,7 @@ class Report:
             lines += [self.view(table_id).to_markdown(index=False, floatfmt=".4g"), ""]
         if self.runs:
             lines += ["## Runs", "", pd.DataFrame(
-                [{"experiment": k, **{c: v.get(c) for c in ("dataset", "steps", "test_top1_err", "train_err_final",
-                                                          "train_seconds", "cached")}}
+                [{"experiment": k, **{c: v.get(c) for c in _run_columns(self.runs) + ("train_seconds", "cached")}}
                  for k, v in self.runs.items()]).to_markdown(index=False, floatfmt=".4g"), ""]
         return "\n".join(lines)
 
@@ -238,8 +288,7 @@ class Report:
             "paper": self.paper.id,
             "profile": self.profile,
             "cells": self.counts(),
-            "runs": {k: {c: v.get(c) for c in ("test_top1_err", "test_top5_err", "train_err_final", "steps")}
-                     for k, v in self.runs.items()},
+            "runs": {k: {c: v.get(c) for c in _run_columns(self.runs)[1:]} for k, v in self.runs.items()},
         }
 
     def default_dir(self) -> Path:
@@ -293,6 +342,21 @@ def write_scoreboard(report_root: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(text))
     return out
+
+
+def _floor_score(run: Mapping) -> tuple[str, float]:
+    """What a run's floor is checked against: test mAP for a detector, test top-1 accuracy for a
+    classifier (fractions of 1, as `floors` in conf/paper/<id>.yaml)."""
+    if "test_map" in run:
+        return "test mAP", run["test_map"] / 100
+    return "test accuracy", (100 - run["test_top1_err"]) / 100
+
+
+def _run_columns(runs: Mapping[str, Mapping]) -> tuple[str, ...]:
+    """The result fields shown per run: detection metrics where any run is a detector."""
+    if any("test_map" in r for r in runs.values()):
+        return ("dataset", "steps", "test_map", "test_map_50", "test_map_75")
+    return ("dataset", "steps", "test_top1_err", "test_top5_err", "train_err_final")
 
 
 def _join(*parts) -> str:

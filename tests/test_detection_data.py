@@ -370,3 +370,20 @@ def test_plots_draw_truth_and_detections(tmp_path):
     assert data.loc[data["kind"] == "detection", "class"].item() == "dog"
     fig.savefig(tmp_path / "detections.png")
     matplotlib.pyplot.close(fig)
+
+
+def test_detection_learning_rate_schedules_warm_up_then_step_or_cosine():
+    from replicate.tasks.detection import lr_factor
+
+    steps = lr_factor(OmegaConf.create({"max_steps": 100, "milestones": [0.6, 0.8], "gamma": 0.1}))
+    assert [steps(t) for t in (0, 59, 60, 80, 99)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
+    # YOLOv1 Sec. 2.2: raise 1e-3 -> 1e-2 (factor 0.1 -> 1) over the first steps, linearly.
+    warm = lr_factor(OmegaConf.create({"max_steps": 100, "warmup_steps_fraction": 0.1, "warmup_start_factor": 0.1,
+                                       "milestones": [0.5]}))
+    assert [warm(t) for t in (0, 5, 10, 49, 50)] == pytest.approx([0.1, 0.55, 1.0, 1.0, 0.1])
+    # Darknet's burn-in: (t / T)^4; then a cosine to zero at max_steps (YOLOv4 Sec. 3.2).
+    cosine = lr_factor(OmegaConf.create({"max_steps": 110, "schedule": "cosine", "warmup_steps_fraction": 10 / 110,
+                                         "warmup_power": 4}))
+    assert [cosine(t) for t in (5, 10, 60, 110)] == pytest.approx([0.0625, 1.0, 0.5, 0.0], abs=1e-9)
+    with pytest.raises(ConfigError, match="Allowed: multistep, cosine"):
+        lr_factor(OmegaConf.create({"max_steps": 10, "schedule": "plateau"}))

@@ -111,6 +111,9 @@ def test_notebook_regenerates_its_tables_on_the_reduced_profile(paper, tmp_path,
         frame = pd.read_csv(out / f"{table}.csv")
         assert set(frame["status"]) <= {"reduced", "not_run"}
         assert frame.loc[frame["status"] == "not_run", "note"].str.len().gt(0).all()
+    for table in _tables(paper, "speed")[0]:  # ratios of times measured on this machine
+        frame = pd.read_csv(out / f"{table}.csv")
+        assert set(frame["status"]) == {"reduced"} and (frame["ours"] > 0).all(), frame
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(cfg.paper.runs.reduced) <= set(metrics["runs"])
     assert metrics["cells"]["off"] == 0 and metrics["cells"]["cells"] > 0
@@ -124,8 +127,9 @@ def test_notebook_regenerates_its_tables_on_the_reduced_profile(paper, tmp_path,
 @pytest.mark.slow
 @pytest.mark.parametrize("paper", [p.stem for p in NOTEBOOKS])
 def test_full_profile_without_datasets_reports_them_missing(paper, tmp_path, monkeypatch):
-    """The full profile's code path here, where CIFAR and ImageNet are absent: the exact tables
-    are regenerated, and every measured cell is `not_run` with the missing dataset's fix."""
+    """The full profile's code path here, where CIFAR, ImageNet and VOC are absent: the exact
+    tables are regenerated, and every measured or timed cell is `not_run` with the missing
+    dataset's fix."""
     monkeypatch.setenv("REPLICATE_RUN_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("REPLICATE_DATA_DIR", str(tmp_path / "no-data"))
     out = execute_notebook(paper, "full", [], tmp_path / "reports")
@@ -133,6 +137,7 @@ def test_full_profile_without_datasets_reports_them_missing(paper, tmp_path, mon
     measured, _ = _tables(paper, "measured")
     for table in exact:
         assert (pd.read_csv(out / f"{table}.csv")["status"] == "match").all()
+    measured += _tables(paper, "speed")[0]  # nothing trained: nothing to time
     notes = " ".join(" ".join(pd.read_csv(out / f"{t}.csv")["note"].fillna("")) for t in measured)
     for table in measured:
         assert set(pd.read_csv(out / f"{table}.csv")["status"]) == {"not_run"}

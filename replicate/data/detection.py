@@ -42,7 +42,7 @@ from ..errors import ConfigError, choices
 from . import transforms as T
 from .tensor_datamodule import subset_indices
 
-DATASETS = ("voc2007", "voc2012", "coco", "synth_detection")
+DATASETS = ("voc2007", "voc2012", "voc0712", "coco", "synth_detection")
 FORMATS = ("voc", "coco")
 NORMALIZATIONS = ("channel_mean", "none")
 # Fast R-CNN Sec. 3.3 / Faster R-CNN Sec. 3.3: shorter side 600 pixels, longer side at most 1000.
@@ -398,4 +398,7 @@ def prepare(name: str, data_dir: str | Path, download: bool = False) -> Path:
         return coco.prepare(data_dir)
     from . import voc
 
+    if name == "voc0712":  # trained on both years' trainval, tested on 2007 test
+        voc.prepare(data_dir, "2012", download)
+        return voc.prepare(data_dir, "2007", download)
     return voc.prepare(data_dir, name[3:], download)

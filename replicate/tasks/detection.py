@@ -152,11 +152,37 @@ class DetectionTask(L.LightningModule):
             groups.append({"params": biases, "lr": r.lr * bias_factor,
                            "weight_decay": 0.0 if no_decay else r.weight_decay})
         optimizer = torch.optim.SGD(groups, lr=r.lr, momentum=r.get("momentum", 0.9), weight_decay=r.weight_decay)
-        schedule = r.get("schedule", "multistep")
-        if schedule != "multistep":
-            raise ConfigError(f"recipe.schedule={schedule!r} is not supported for detection. Allowed: multistep.")
-        milestones = [round(f * r.max_steps) for f in r.get("milestones", [])]
-        gamma = float(r.get("gamma", 0.1))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: gamma ** sum(step >= m for m in milestones))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(r)),
+                                 "interval": "step"}}
+
+
+SCHEDULES = ("multistep", "cosine")
+
+
+def lr_factor(recipe: DictConfig | Mapping):
+    """The learning rate's factor at each step: a warm-up (`warmup_steps_fraction` of
+    `max_steps`, from `warmup_start_factor` of the rate, raised as (t / T)^`warmup_power`: 1 is
+    linear, YOLOv1 Sec. 2.2's "slowly raise"; 4 is Darknet's burn-in) and then the schedule:
+    `multistep` (x `gamma` at each of `milestones`, fractions of `max_steps`: the R-CNN papers,
+    YOLO v1-v3) or `cosine` (to zero at `max_steps`: YOLOv4's bag of freebies, Sec. 3.2)."""
+    schedule = recipe.get("schedule", "multistep")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"recipe.schedule={schedule!r} is not supported for detection. "
+                          f"Allowed: {', '.join(SCHEDULES)}.")
+    total = int(recipe.max_steps)
+    milestones = [round(f * total) for f in recipe.get("milestones", [])]
+    gamma = float(recipe.get("gamma", 0.1))
+    warmup = round(float(recipe.get("warmup_steps_fraction", 0.0)) * total)
+    start = float(recipe.get("warmup_start_factor", 0.0))
+    power = float(recipe.get("warmup_power", 1.0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return start + (1.0 - start) * (step / warmup) ** power
+        if schedule == "cosine":
+            span = max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+        return gamma ** sum(step >= m for m in milestones)
+
+    return factor

@@ -1,0 +1,136 @@
+"""Detection experiments through `experiment.run`: a detection data config trains a detector with
+the detection task, returns test mAP, is cached under its config hash, and `run_all` reports
+it; the R-CNN papers' exact rows, speed rows and mAP floors."""
+
+import pytest
+import torch
+
+from replicate import experiment
+from replicate.config import compose
+from replicate.data import fashion_mnist
+from replicate.errors import FloorNotMet
+from replicate.experiment_detection import exact_value, is_detection, load_detections, load_trained, time_two_stage
+from replicate.tables import Report
+from tests.fakes import write_idx_fashion_mnist
+
+TINY = ["data.synth.train_images=6", "data.synth.test_images=3", "data.synth.image_size=[64,80]",
+        "data.synth.object_size=[14,40]", "model.width_mult=0.0625", "recipe.max_steps=2",
+        "recipe.checkpoint_every_steps=2", "recipe.pretrain.steps=2", "recipe.pretrain.batch_size=4"]
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    """A tiny Fashion-MNIST (not the system one) from which the generated set is drawn."""
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-dataset")
+    monkeypatch.setenv("REPLICATE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("REPLICATE_RUN_DIR", str(tmp_path / "runs"))
+    write_idx_fashion_mnist(tmp_path / "data")
+    return tmp_path
+
+
+def test_faster_rcnn_runs_through_experiment_run_and_is_cached(tiny_data, capsys):
+    cfg = compose("faster_rcnn", "reduced", ["experiment=faster_rcnn_voc07", *TINY])
+    assert is_detection(cfg) and cfg.data.name == "synth_detection"  # VOC2007 substituted
+    result = experiment.run(cfg)
+    assert result["cached"] is False and result["steps"] == 2 and result["dataset"] == "synth_detection"
+    assert 0.0 <= result["test_map"] <= 100.0 and result["protocol"] == "voc07"
+    assert result["test_images"] == 3 and "pretrain_top1_acc" in result and "test_top1_err" not in result
+    assert len(load_detections(result)) == 3
+    again = experiment.run(cfg)
+    assert again["cached"] is True and again["test_map"] == result["test_map"]
+    results = experiment.run_all("faster_rcnn", "reduced", TINY, experiments=["faster_rcnn_voc07"])
+    assert "test mAP" in capsys.readouterr().out and results["faster_rcnn_voc07"]["cached"]
+    # The trained detector reloads from its checkpoint, and its stages can be timed.
+    model = load_trained(cfg, result)
+    from replicate.experiment_detection import test_dataset
+    dataset = test_dataset(cfg)
+    stored = [dataset.read_image(i) for i in range(2)]
+    times = time_two_stage(model, [im.float() / 255 for im in stored], stored)
+    assert {"conv", "rpn", "region_rpn", "selective_search", "region_ss"} <= set(times)
+    assert all(v >= 0 for v in times.values()) and times["selective_search"] > 0
+
+
+def test_fast_rcnn_runs_on_cached_selective_search_proposals(tiny_data):
+    cfg = compose("fast_rcnn", "reduced", ["experiment=fast_rcnn_voc07", *TINY])
+    result = experiment.run(cfg)
+    assert result["steps"] == 2 and 0.0 <= result["test_map"] <= 100.0
+    assert len(list((tiny_data / "data" / "proposals").glob("*.pt"))) == 2  # train and test splits
+
+
+def test_exact_counter_counts_anchors_weights_and_svd(isolated_paths):
+    report = Report(compose("faster_rcnn", "reduced"))
+    frame = report.exact("rpn_sizes", counter=exact_value).set_index("row")
+    assert frame.loc["anchors, 1000 x 600 image", "ours"] == 20646
+    assert frame.loc["RPN proposal layers (x10^6 weights)", "ours"] == pytest.approx(2.386944)
+    assert (frame["status"] == "match").all()
+    report.check()  # exact rows are checked like Report.exact's
+    report.paper.tables[2].cells[0].paper = 30000
+    report.exact("rpn_sizes", counter=exact_value)
+    with pytest.raises(Exception, match="anchors"):
+        report.check()
+
+
+def test_speed_table_cells_are_ratios_of_measured_stages(isolated_paths):
+    report = Report(compose("faster_rcnn", "reduced"))
+    measured = {"conv": 100.0, "rpn": 2.0, "region_rpn": 20.0, "selective_search": 300.0, "region_ss": 10.0}
+    frame = report.speed("table4_timing", measured, "test").set_index("row")
+    assert frame.loc["proposals: selective search / RPN", "ours"] == pytest.approx(150.0)
+    assert frame.loc["total: SS + Fast R-CNN / RPN + Fast R-CNN", "ours"] == pytest.approx(410.0 / 122.0)
+    assert set(frame["status"]) == {"reduced"}
+
+
+def test_speed_table_on_the_full_profile_compares_ratios_and_names_missing_stages(isolated_paths):
+    report = Report(compose("faster_rcnn", "full"))
+    measured = {"conv": 141.0, "rpn": 10.0, "region_rpn": 47.0, "selective_search": 1510.0, "region_ss": 174.0}
+    frame = report.speed("table4_timing", measured, "K40").set_index("row")
+    assert (frame["status"] == "match").all()  # the paper's own stage times give its ratios
+    measured["selective_search"] = 100.0  # SS / RPN = 10, far from 151
+    assert report.speed("table4_timing", measured, "test").set_index("row").loc[
+        "proposals: selective search / RPN", "status"] == "off"
+    with pytest.raises(Exception, match="region_ss"):
+        report.speed("table4_timing", {k: v for k, v in measured.items() if k != "region_ss"}, "test")
+
+
+def test_map_floors_are_checked_by_the_report(isolated_paths):
+    cfg = compose("faster_rcnn", "reduced")
+    floor = cfg.paper.floors.reduced.faster_rcnn_voc07
+    for test_map, fails in ((100.0 * floor + 1, False), (100.0 * floor - 1, True)):
+        report = Report(cfg)
+        report.runs["faster_rcnn_voc07"] = {"test_map": test_map}
+        if fails:
+            with pytest.raises(FloorNotMet, match="faster_rcnn_voc07: test mAP"):
+                report.check()
+        else:
+            report.check()
+    report = Report(cfg)
+    report.runs["faster_rcnn_voc07"] = {"not_run": "missing"}
+    report.check()
+
+
+def test_classification_runs_are_not_detection():
+    assert not is_detection(compose("resnet", "reduced", ["experiment=resnet20_cifar10"]))
+    torch.manual_seed(0)
+
+
+def test_rcnn_runs_its_three_stages_and_scores_without_box_regression(tiny_data):
+    cfg = compose("rcnn", "reduced", ["experiment=rcnn_alexnet_voc07", *TINY, "data.train_subset=4"])
+    result = experiment.run(cfg)
+    assert result["steps"] == 2 and "post_hoc_seconds" in result
+    assert 0.0 <= result["test_map"] <= 100.0 and 0.0 <= result["test_map_no_bb"] <= 100.0
+    model = load_trained(cfg, result)
+    assert model.svm_weight.abs().sum() > 0  # the checkpoint carries the SVMs
+
+
+def test_fast_rcnn_and_rcnn_stages_are_timed():
+    from replicate.experiment_detection import time_fast_rcnn, time_rcnn_vs_fast
+    from replicate.models import build
+
+    torch.manual_seed(0)
+    fast = build("fast_rcnn_vgg16", num_classes=3, width_mult=0.0625)
+    rcnn = build("rcnn_vgg16", num_classes=3, width_mult=0.0625, warp_size=32)
+    images = [torch.rand(3, 64, 80)]
+    boxes = [torch.tensor([[0.0, 0.0, 30.0, 30.0], [10.0, 5.0, 60.0, 50.0]])]
+    fast_times = time_fast_rcnn(fast, images, boxes)
+    assert set(fast_times) == {"conv", "region", "fc", "region_svd"} and all(v > 0 for v in fast_times.values())
+    both = time_rcnn_vs_fast(rcnn, fast, images, boxes)
+    assert set(both) == {"rcnn", "fast_rcnn"} and all(v > 0 for v in both.values())
