@@ -72,10 +72,25 @@ class ProposalDetectionTask(DetectionTask):
 
 def build_detector(cfg: DictConfig) -> torch.nn.Module:
     """The experiment's detector: `cfg.model` minus `name` (and the proposal settings) as the
-    builder's keyword arguments, sized for the data set's classes."""
+    builder's keyword arguments, sized for the data set's classes. `backbone_weights` (a path)
+    loads ImageNet-trained weights into the part the papers pre-train (`_pretrained_part`)."""
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-              if k not in ("name", "proposals")}
-    return models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
+              if k not in ("name", "proposals", "backbone_weights")}
+    model = models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
+    weights = cfg.model.get("backbone_weights")
+    if weights:
+        path = Path(str(weights)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.backbone_weights={weights!r}: no such file. Give the path of a state dict "
+                              f"of {cfg.model.name}'s backbone trained on ImageNet, or null to start from scratch.")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = _pretrained_part(model).load_state_dict(state.get("state_dict", state), strict=False)
+        if missing:
+            raise ConfigError(f"model.backbone_weights={weights!r} lacks {len(missing)} of the backbone's tensors "
+                              f"(first: {missing[0]}); was it saved from {cfg.model.name}'s backbone?")
+        if unexpected:
+            log.info("backbone_weights: %d tensors not used (e.g. the classifier): %s", len(unexpected), unexpected[:3])
+    return model
 
 
 def _attach(datamodule, cfg: DictConfig) -> None:
@@ -279,16 +294,18 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
     test_seconds = time.perf_counter() - start
     scored = task.results["test"]
     predictions = task.detections["test"][0][:SAVED_DETECTIONS]
-    for size in recipe.get("test_input_sizes") or []:  # YOLO: one trained network, several input sizes
-        if not hasattr(model, "input_size"):
-            raise ConfigError(f"recipe.test_input_sizes: {cfg.model.name} has no input size to change; "
-                              "leave test_input_sizes empty for it.")
-        trained_size, model.input_size = model.input_size, int(size)
+    sizes = test_input_sizes(cfg)
+    if sizes and not hasattr(model, "input_size"):
+        raise ConfigError(f"recipe.test_input_sizes: {cfg.model.name} has no input size to change; "
+                          "leave test_input_sizes empty for it.")
+    for paper_size, size in sizes.items():  # YOLO: one trained network, several input sizes
+        trained_size, model.input_size = model.input_size, size
         trainer.test(task, datamodule=datamodule, verbose=False)
         model.input_size = trained_size
         for key in ("map", "map_50", "map_75"):
             if key in task.results["test"]:
-                post_hoc[f"test_{key}_{int(size)}"] = 100.0 * float(task.results["test"][key])
+                post_hoc[f"test_{key}_{paper_size}"] = 100.0 * float(task.results["test"][key])
+        post_hoc[f"input_size_{paper_size}"] = size
     if hasattr(model, "box_regression"):  # R-CNN: also scored without its box regression (Table 2)
         model.box_regression = False
         trainer.test(task, datamodule=datamodule, verbose=False)
@@ -316,9 +333,25 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
     return {**result, "cached": False}
 
 
+def test_input_sizes(cfg: DictConfig) -> dict[int, int]:
+    """The input sizes a YOLO network is evaluated at after training (YOLOv2 Table 3, YOLOv3
+    Fig. 1, YOLOv4 Table 10), keyed by the paper's size: `recipe.test_input_sizes` times
+    `recipe.test_input_scale` (the reduced profile's smaller canvases), rounded to the networks'
+    stride of 32 (at least 32). Results are stored under the paper's sizes (`test_map_<size>`)."""
+    scale = float(cfg.recipe.get("test_input_scale", 1.0))
+    return {int(s): max(32, int(round(int(s) * scale / 32)) * 32) for s in cfg.recipe.get("test_input_sizes") or []}
+
+
 def load_detections(result: Mapping) -> list[dict]:
     """The detections (original image coordinates) of the first test images of a finished run."""
     return torch.load(os.path.join(result["run_dir"], "detections.pt"), map_location="cpu", weights_only=True)
+
+
+def train_dataset(cfg: DictConfig):
+    """The experiment's training set as stored (no transforms, difficult objects kept): its boxes
+    for statistics such as YOLOv2's dimension clusters (Table 1)."""
+    datamodule = build_detection_datamodule(cfg.data, data_dir=cfg.paths.data_dir, batch_size=1, seed=cfg.seed)
+    return datamodule.make_train(None)
 
 
 def test_dataset(cfg: DictConfig):

@@ -128,9 +128,13 @@ class Report:
         return self._store(table_id, rows)
 
     # -- measured tables: from experiment results ---------------------------------------------------
-    def measured(self, table_id: str, results: Mapping[str, dict]) -> pd.DataFrame:
+    def measured(self, table_id: str, results: Mapping[str, dict], *, record_runs: bool = True) -> pd.DataFrame:
+        """Cells from experiment results (`results[cell.experiment][quantity]`). Results that are
+        not training runs (e.g. statistics of a data set, YOLOv2 Table 1) pass `record_runs=False`
+        to stay out of the report's run list and floors; they may carry a `summary` for the note."""
         spec = self.spec(table_id)
-        self.runs.update(results)
+        if record_runs:
+            self.runs.update(results)
         planned = set(self.paper.runs[self.profile])
         rows = []
         for cell in spec["cells"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -54,11 +54,14 @@ def one_thread_on_cpu(device: torch.device | str):
 
 
 @torch.no_grad()
-def detector_fps(model: nn.Module, images: Sequence[torch.Tensor], input_sizes: Sequence[int], *,
+def detector_fps(model: nn.Module, images: Sequence[torch.Tensor], input_sizes: Mapping[int, int] | Sequence[int], *,
                  warmup: int = 2) -> dict[str, float]:
     """Frames per second of a YOLO detector at each network input size, one image at a time
     (batch 1, as YOLOv2 Table 3 and YOLOv4 Table 10), resizing, network, decoding and NMS
-    included: `{"fps_<size>": ...}`. `model.input_size` is set to each size in turn and restored."""
+    included. `input_sizes` maps the paper's sizes to the sizes run (the reduced profile scales
+    them; `replicate.experiment_detection.test_input_sizes`) or lists sizes run as they are;
+    returns `{"fps_<paper size>": ...}`. `model.input_size` is restored afterwards."""
+    sizes = dict(input_sizes) if isinstance(input_sizes, Mapping) else {int(s): int(s) for s in input_sizes}
     device = next(model.parameters()).device
     clock = Clock(device)
     original = model.input_size
@@ -66,14 +69,14 @@ def detector_fps(model: nn.Module, images: Sequence[torch.Tensor], input_sizes: 
     model.eval()
     try:
         with one_thread_on_cpu(device):
-            for size in input_sizes:
+            for label, size in sizes.items():
                 model.input_size = int(size)
                 for image in images[:warmup]:
                     model([image.to(device)])
                 start = clock.now()
                 for image in images:
                     model([image.to(device)])
-                out[f"fps_{int(size)}"] = len(images) / max(clock.now() - start, 1e-9)
+                out[f"fps_{int(label)}"] = len(images) / max(clock.now() - start, 1e-9)
     finally:
         model.input_size = original
     return out

@@ -171,3 +171,14 @@ def test_bad_arguments():
         evaluate_detections(PREDICTIONS[:1], TARGETS, "voc")
     with pytest.raises(ValueError, match="different lengths"):
         evaluate_detections([det([[0, 0, 1, 1]], [0.5, 0.4], [1])], TARGETS[:1], "voc")
+
+
+def test_bfloat16_detections_are_scored_like_float32():
+    """The full profile's bf16 autocast hands scores and boxes over in bfloat16."""
+    from replicate.metrics import evaluate_detections
+
+    target = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([1])}
+    pred = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    half = {k: (v.bfloat16() if v.is_floating_point() else v) for k, v in pred.items()}
+    assert evaluate_detections([half], [target], "voc07", num_classes=1)["map"] == pytest.approx(
+        evaluate_detections([pred], [target], "voc07", num_classes=1)["map"]) == pytest.approx(1.0)

@@ -46,7 +46,9 @@ def _array(value, dtype, shape_tail=()) -> np.ndarray:
     if value is None:
         return np.zeros((0, *shape_tail), dtype=dtype)
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        # Under bf16 autocast (the full profile on GPUs) scores come out in bfloat16, which numpy lacks.
+        value = value.detach().cpu()
+        value = (value.float() if value.is_floating_point() else value).numpy()
     return np.asarray(value, dtype=dtype).reshape(-1, *shape_tail)
 
 

@@ -165,7 +165,8 @@ class FasterRCNN(nn.Module):
     def propose(self, features: Tensor, sizes: list[tuple[int, int]]):
         """RPN outputs, the anchors and each image's proposals (detached: approximate joint training)."""
         logits, deltas = self.rpn(features)
-        anchors = self.anchors(tuple(features.shape[-2:]), device=features.device, dtype=features.dtype)
+        # float32 whatever the autocast precision: bf16 cannot hold 600-pixel coordinates exactly.
+        anchors = self.anchors(tuple(features.shape[-2:]), device=features.device, dtype=torch.float32)
         pre, post = self.top_n[self.training]
         proposals = [select_proposals(anchors, lg.detach(), dl.detach(), hw, pre_nms_top_n=pre, post_nms_top_n=post,
                                       nms_threshold=self.rpn_nms, min_size=self.proposal_min_size)[0]

@@ -32,8 +32,12 @@ from ..metrics.detection import PROTOCOLS, evaluate_detections
 
 
 def _to_cpu(item: Mapping) -> dict:
-    return {k: (v.detach().to("cpu").as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v)
-            for k, v in item.items()}
+    """Tensors on the CPU, floating ones as float32 (bf16 autocast leaves some in bfloat16)."""
+    def move(v):
+        v = v.detach().to("cpu").as_subclass(torch.Tensor)
+        return v.float() if v.is_floating_point() else v
+
+    return {k: (move(v) if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
 
 
 def to_original_size(item: Mapping, image_hw: tuple[int, int]) -> dict:
