@@ -41,7 +41,7 @@ replicate-full: setup
 
 ## test: the test suite, notebooks executed by papermill on the reduced profile included
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=40
 
 ## lab: JupyterLab on the notebooks
 lab: setup

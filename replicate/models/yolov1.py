@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.yolo import select_detections, to_image_boxes, to_network_input, to_network_targets
+from ..ops.yolo import per_class_detections, to_network_input, to_network_targets
 from ._registry import register
 
 LEAKY_SLOPE = 0.1  # Sec. 2.2: phi(x) = x if x > 0, else 0.1 x
@@ -310,19 +310,9 @@ class YOLOv1(nn.Module):
         boxes = predicted_boxes(box_out).clamp(0, 1) * self.input_size  # network pixels
         # Sec. 2: Pr(class | object) * Pr(object) * IoU = class-specific confidence per box.
         scores = class_probs.clamp(min=0)[:, :, :, None, :] * confidence.clamp(min=0)[..., None]  # [N,S,S,B,C]
-        c = self.num_classes
-        labels = torch.arange(1, c + 1, device=raw.device)
-        out = []
-        for k, (h, w) in enumerate(image_sizes):
-            kept = select_detections(
-                boxes[k][..., None, :].expand(-1, -1, -1, c, -1).reshape(-1, 4), scores[k].reshape(-1),
-                labels.expand(scores[k].shape).reshape(-1), score_threshold=self.score_threshold,
-                nms_threshold=self.nms_threshold, max_detections=self.detections_per_image)
-            image_boxes = to_image_boxes(kept["boxes"], scales[k])
-            image_boxes[:, 0::2] = image_boxes[:, 0::2].clamp(0, w)
-            image_boxes[:, 1::2] = image_boxes[:, 1::2].clamp(0, h)
-            out.append({"boxes": image_boxes, "scores": kept["scores"], "labels": kept["labels"]})
-        return out
+        return [per_class_detections(boxes[k], scores[k], scales[k], hw, score_threshold=self.score_threshold,
+                                     nms_threshold=self.nms_threshold, max_detections=self.detections_per_image)
+                for k, hw in enumerate(image_sizes)]
 
 
 @register(input_size=(3, 448, 448))

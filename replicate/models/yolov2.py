@@ -78,7 +78,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-from ..ops.yolo import select_detections, to_image_boxes, to_network_input, to_network_targets
+from ..ops.yolo import per_class_detections, to_network_input, to_network_targets
 from ..ops.kmeans_anchors import wh_iou
 from ._registry import register
 from .yolov1 import LEAKY_SLOPE, _cxcywh_to_xyxy, _one_per_key, _paired_iou, conv_block, scaled
@@ -368,19 +368,9 @@ class YOLOv2(nn.Module):
         boxes = _cxcywh_to_xyxy(centre[..., 0], centre[..., 1], size[..., 0], size[..., 1])
         boxes = (boxes * stride).clamp(0, self.input_size)
         scores = raw[..., 4].sigmoid()[..., None] * raw[..., 5:].softmax(-1)  # [N, H, W, A, C]
-        c = self.num_classes
-        labels = torch.arange(1, c + 1, device=raw.device)
-        out = []
-        for k, (ih, iw) in enumerate(image_sizes):
-            kept = select_detections(
-                boxes[k][..., None, :].expand(-1, -1, -1, c, -1).reshape(-1, 4), scores[k].reshape(-1),
-                labels.expand(scores[k].shape).reshape(-1), score_threshold=self.score_threshold,
-                nms_threshold=self.nms_threshold, max_detections=self.detections_per_image)
-            image_boxes = to_image_boxes(kept["boxes"], scales[k])
-            image_boxes[:, 0::2] = image_boxes[:, 0::2].clamp(0, iw)
-            image_boxes[:, 1::2] = image_boxes[:, 1::2].clamp(0, ih)
-            out.append({"boxes": image_boxes, "scores": kept["scores"], "labels": kept["labels"]})
-        return out
+        return [per_class_detections(boxes[k], scores[k], scales[k], hw, score_threshold=self.score_threshold,
+                                     nms_threshold=self.nms_threshold, max_detections=self.detections_per_image)
+                for k, hw in enumerate(image_sizes)]
 
 
 @register(input_size=(3, 416, 416))

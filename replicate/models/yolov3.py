@@ -100,7 +100,28 @@ class Residual(nn.Module):
         return x + self.conv(self.reduce(x))
 
 
-class Darknet53(nn.Module):
+class FiveStageBackbone(nn.Module):
+    """What Darknet-53 and CSPDarknet53 share: a stem, five downsampling stages, the maps of the
+    last three (strides 8, 16, 32) for the detector, and an optional classifier `fc`."""
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        x = self.stages[1](self.stages[0](self.stem(x)))
+        c3 = self.stages[2](x)
+        c4 = self.stages[3](c3)
+        return [c3, c4, self.stages[4](c4)]
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        """The logits; without a classifier (`num_classes=None`: a detector's backbone, e.g. under
+        the reduced profile's pre-training) the three feature maps."""
+        if self.fc is None:
+            return self.forward_features(x)
+        return self.classify(self.forward_features(x)[-1])
+
+    def classify(self, features: Tensor) -> Tensor:
+        return self.fc(features.mean(dim=(2, 3)))
+
+
+class Darknet53(FiveStageBackbone):
     """Darknet-53 (Table 1). `forward_features` returns the stride-8, -16 and -32 maps (256, 512,
     1024 channels at width 1) that the detector uses; `forward` classifies. `num_classes=None`
     leaves out the classifier (the detector's backbone).
@@ -128,16 +149,7 @@ class Darknet53(nn.Module):
         self.out_channels = tuple(scaled(c, width_mult) for c, _ in DARKNET53_STAGES[2:])
         self.fc = nn.Linear(width, num_classes) if num_classes is not None else None
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.stages[1](self.stages[0](self.stem(x)))
-        c3 = self.stages[2](x)
-        c4 = self.stages[3](c3)
-        return [c3, c4, self.stages[4](c4)]
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.fc is None:
-            raise RuntimeError("this Darknet-53 has no classifier (num_classes=None): use forward_features")
-        features = self.forward_features(x)[-1]
+    def classify(self, features: Tensor) -> Tensor:
         if self.classifier_before_pool:
             return F.conv2d(features, self.fc.weight[:, :, None, None], self.fc.bias).mean(dim=(2, 3))
         return self.fc(features.mean(dim=(2, 3)))

@@ -68,6 +68,7 @@ from ._registry import register
 from .yolov3 import (
     STRIDES,
     ConvBN,
+    FiveStageBackbone,
     PredictionHead,
     Residual,
     YOLODetector,
@@ -104,7 +105,7 @@ class CSPStage(nn.Module):
         return self.fuse(torch.cat([self.transition(self.blocks(self.main(x))), self.bypass(x)], 1))
 
 
-class CSPDarknet53(nn.Module):
+class CSPDarknet53(FiveStageBackbone):
     """CSPDarknet53 (Table 1); `forward_features` gives the stride-8/16/32 maps, `forward` the
     logits (global average pooling, 1000-way layer); `num_classes=None` drops the classifier."""
 
@@ -121,17 +122,6 @@ class CSPDarknet53(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.out_channels = tuple(scaled(c, width_mult) for c, _ in CSP_STAGES[2:])
         self.fc = nn.Linear(width, num_classes) if num_classes is not None else None
-
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.stages[1](self.stages[0](self.stem(x)))
-        c3 = self.stages[2](x)
-        c4 = self.stages[3](c3)
-        return [c3, c4, self.stages[4](c4)]
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.fc is None:
-            raise RuntimeError("this CSPDarknet53 has no classifier (num_classes=None): use forward_features")
-        return self.fc(self.forward_features(x)[-1].mean(dim=(2, 3)))
 
 
 class SPP(nn.Module):

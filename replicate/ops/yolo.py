@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
-__all__ = ["to_network_input", "to_network_targets", "to_image_boxes", "diou_nms", "select_detections"]
+__all__ = ["to_network_input", "to_network_targets", "to_image_boxes", "diou_nms", "select_detections",
+           "per_class_detections"]
 
 
 def to_network_input(images: Sequence[Tensor], size: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -98,3 +99,21 @@ def select_detections(boxes: Tensor, scores: Tensor, labels: Tensor, *, score_th
         raise ValueError(f"nms={nms!r}: allowed 'greedy' or 'diou'")
     kept = kept[:max_detections]
     return {"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]}
+
+
+def per_class_detections(boxes: Tensor, scores: Tensor, scale: Tensor, image_hw: tuple[int, int], *,
+                         score_threshold: float, nms_threshold: float, max_detections: int) -> dict[str, Tensor]:
+    """One image's detections from boxes [..., 4] in network pixels and per-class scores
+    [..., C] of the same leading shape (YOLOv1/v2: each box is a candidate for every class,
+    scored by its class-specific confidence): `select_detections` with greedy NMS, then the boxes
+    in the image's pixels, clipped to it (`image_hw` = (H, W))."""
+    c = scores.shape[-1]
+    labels = torch.arange(1, c + 1, device=scores.device).expand(scores.shape)
+    kept = select_detections(boxes[..., None, :].expand(*scores.shape, 4).reshape(-1, 4), scores.reshape(-1),
+                             labels.reshape(-1), score_threshold=score_threshold, nms_threshold=nms_threshold,
+                             max_detections=max_detections)
+    h, w = image_hw
+    image_boxes = to_image_boxes(kept["boxes"], scale)
+    image_boxes[:, 0::2] = image_boxes[:, 0::2].clamp(0, w)
+    image_boxes[:, 1::2] = image_boxes[:, 1::2].clamp(0, h)
+    return {"boxes": image_boxes, "scores": kept["scores"], "labels": kept["labels"]}
