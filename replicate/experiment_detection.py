@@ -44,7 +44,7 @@ from .config import config_hash
 from .data.detection import DATASETS, build_detection_datamodule
 from .errors import ConfigError
 from .tasks.detection import DetectionTask, _to_cpu, to_original_size
-from .timing import Clock, hardware  # noqa: F401  (hardware: the notebooks' notes)
+from .timing import Clock, hardware, one_thread_on_cpu  # noqa: F401  (hardware: the notebooks' notes)
 
 log = logging.getLogger(__name__)
 
@@ -437,12 +437,9 @@ def time_two_stage(model: torch.nn.Module, images: Sequence, stored: Sequence, *
 
     device = next(model.parameters()).device
     clock = Clock(device)
-    threads = torch.get_num_threads()
-    if not clock.cuda:
-        torch.set_num_threads(1)
     totals = dict.fromkeys(("conv", "rpn", "region_rpn", "selective_search", "region_ss"), 0.0)
     counts = {"rpn": 0, "selective_search": 0}
-    try:
+    with one_thread_on_cpu(device):
         model.eval()
         for image, raw in zip(images, stored):
             image = image.to(device)
@@ -465,8 +462,6 @@ def time_two_stage(model: torch.nn.Module, images: Sequence, stored: Sequence, *
                 totals[key] += value
             counts["rpn"] += len(proposals[0])
             counts["selective_search"] += len(boxes)
-    finally:
-        torch.set_num_threads(threads)
     n = max(1, len(images))
     out = {k: 1000.0 * v / n for k, v in totals.items()}
     out.update({f"{k}_proposals": c / n for k, c in counts.items()})
@@ -490,11 +485,8 @@ def time_fast_rcnn(model: torch.nn.Module, images: Sequence, proposals: Sequence
     head = model.head
     scale = head.fc7.in_features / 4096  # the paper's ranks are for VGG16's 4096-wide layers
     compressed = truncated_svd(head, max(1, round(svd_ranks[0] * scale)), max(1, round(svd_ranks[1] * scale))).eval()
-    threads = torch.get_num_threads()
-    if not clock.cuda:
-        torch.set_num_threads(1)
     totals = dict.fromkeys(("conv", "region", "fc", "region_svd"), 0.0)
-    try:
+    with one_thread_on_cpu(device):
         model.eval()
         for image, boxes in zip(images, proposals):
             image = image.to(device)
@@ -512,8 +504,6 @@ def time_fast_rcnn(model: torch.nn.Module, images: Sequence, proposals: Sequence
             F.relu(head.fc7(F.relu(head.fc6(pooled))))
             totals["fc"] += clock.now() - t2
             totals["conv"] += t1 - t0
-    finally:
-        torch.set_num_threads(threads)
     n = max(1, len(images))
     return {k: 1000.0 * v / n for k, v in totals.items()}
 
@@ -538,11 +528,8 @@ def time_rcnn_vs_fast(rcnn: torch.nn.Module, fast: torch.nn.Module, images: Sequ
     the same images and proposals, proposal time excluded (Fast R-CNN Table 4)."""
     device = next(fast.parameters()).device
     clock = Clock(device)
-    threads = torch.get_num_threads()
-    if not clock.cuda:
-        torch.set_num_threads(1)
     totals = {"rcnn": 0.0, "fast_rcnn": 0.0}
-    try:
+    with one_thread_on_cpu(device):
         rcnn.eval()
         fast.eval()
         for image, boxes in zip(images, proposals):
@@ -551,7 +538,5 @@ def time_rcnn_vs_fast(rcnn: torch.nn.Module, fast: torch.nn.Module, images: Sequ
                 start = clock.now()
                 model([image], proposals=[boxes])
                 totals[name] += clock.now() - start
-    finally:
-        torch.set_num_threads(threads)
     n = max(1, len(images))
     return {k: 1000.0 * v / n for k, v in totals.items()}
