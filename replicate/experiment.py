@@ -62,14 +62,15 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning 2.6 itself
 
 
-def _loggers(cfg: DictConfig, directory: Path) -> list:
-    attempt = 1 + sum(1 for _ in (directory / "logs").glob("attempt-*"))
-    loggers = [CSVLogger(save_dir=str(directory), name="logs", version=f"attempt-{attempt}")]
+def _loggers(cfg: DictConfig, directory: Path, name: str = "logs") -> list:
+    """CSV logs in `directory`/`name`/attempt-<n> (a resumed run is the next attempt), and W&B if asked."""
+    attempt = 1 + sum(1 for _ in (directory / name).glob("attempt-*"))
+    loggers = [CSVLogger(save_dir=str(directory), name=name, version=f"attempt-{attempt}")]
     if cfg.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
         loggers.append(WandbLogger(project=cfg.logger.project, mode=cfg.logger.mode, save_dir=str(directory),
-                                   name=f"{cfg.paper.id}/{cfg.experiment}", config=OmegaConf.to_container(cfg)))
+                                   name=f"{cfg.paper.id}/{cfg.experiment}" + name[len("logs"):], config=OmegaConf.to_container(cfg)))
     elif cfg.logger.name != "csv":
         raise ConfigError(f"logger={cfg.logger.name!r} is not supported. Allowed: csv, wandb.")
     return loggers

@@ -240,17 +240,28 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
     _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     recipe = cfg.recipe
+    training = recipe.get("training", "joint")
+    if training not in TRAINING_SCHEMES:
+        raise ConfigError(f"recipe.training={training!r} is not supported. Allowed: {', '.join(TRAINING_SCHEMES)} "
+                          "(alternating: Faster R-CNN's 4-step scheme, Sec. 3.2).")
+    if training == "alternating":
+        alternating_steps(recipe)  # a bad step list fails before anything is written
     # Build the data first: a missing data set raises before anything is written.
-    world = 1
     datamodule = build_detection_datamodule(
         cfg.data, data_dir=cfg.paths.data_dir, batch_size=recipe.batch_size, seed=cfg.seed,
         num_workers=min(8, os.cpu_count() or 1) if cfg.data.name != "synth_detection" else 0)
-    model = build_detector(cfg)
-    last = directory / "checkpoints" / "last.ckpt"
     pretrained = {}
-    if recipe.get("pretrain") and not last.exists():  # a resumed run takes its weights from the checkpoint
-        trunk = _pretrained_part(model)
-        pretrained = pretrained_trunk(trunk, recipe.pretrain, cfg)
+
+    def make_model() -> torch.nn.Module:
+        model = build_detector(cfg)
+        if recipe.get("pretrain") and not (directory / "checkpoints" / "last.ckpt").exists():
+            # (a resumed run takes its weights from the checkpoint)
+            stats = pretrained_trunk(_pretrained_part(model), recipe.pretrain, cfg)
+            if not pretrained:  # alternating training builds two networks from the same weights
+                pretrained.update(stats)
+        return model
+
+    model = make_model()
     task_class = DetectionTask
     if getattr(model, "needs_proposals", False):
         _attach(datamodule, cfg)
@@ -259,31 +270,47 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    checkpoint = ModelCheckpoint(dirpath=directory / "checkpoints", save_last=True, save_top_k=0,
-                                 every_n_train_steps=recipe.checkpoint_every_steps)
     timer = _StepTimer()
-    validate = bool(recipe.get("val_every_steps"))
-    trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        max_steps=recipe.max_steps, max_epochs=-1,
-        # Scoring mAP on the whole test set is costly: detection runs validate only when asked.
-        val_check_interval=recipe.val_every_steps if validate else None,
-        check_val_every_n_epoch=None, limit_val_batches=1.0 if validate else 0,
-        num_sanity_val_steps=0, callbacks=[checkpoint, timer, *callbacks],
-        logger=_loggers(cfg, directory), default_root_dir=str(directory),
-    )
-    world = trainer.world_size
-    if recipe.batch_size % world:
-        raise ConfigError(f"recipe.batch_size={recipe.batch_size} does not split over {world} devices.")
-    datamodule.batch_size = recipe.batch_size // world
-    task = task_class(model, recipe, num_classes=cfg.data.num_classes, protocol=cfg.data.get("protocol", "voc07"))
-    resumed_from = str(last) if last.exists() else None
-    resumed_step = _checkpoint_step(resumed_from)
+
+    def fit(model: torch.nn.Module, stage_recipe, checkpoints: Path, logs: str = "logs"):
+        """A trainer and task for `model` under `stage_recipe`, fitted (resumed from
+        `checkpoints`/last.ckpt when there is one) and logging to `logs`; returns them with the
+        step it resumed from."""
+        checkpoint = ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0,
+                                     every_n_train_steps=stage_recipe.checkpoint_every_steps)
+        validate = bool(stage_recipe.get("val_every_steps"))
+        trainer = L.Trainer(
+            **OmegaConf.to_container(cfg.trainer, resolve=True),
+            max_steps=stage_recipe.max_steps, max_epochs=-1,
+            # Scoring mAP on the whole test set is costly: detection runs validate only when asked.
+            val_check_interval=stage_recipe.val_every_steps if validate else None,
+            check_val_every_n_epoch=None, limit_val_batches=1.0 if validate else 0,
+            num_sanity_val_steps=0, callbacks=[checkpoint, timer, *callbacks],
+            logger=_loggers(cfg, directory, logs), default_root_dir=str(directory),
+        )
+        world = trainer.world_size
+        if stage_recipe.batch_size % world:
+            raise ConfigError(f"recipe.batch_size={stage_recipe.batch_size} does not split over {world} devices.")
+        datamodule.batch_size = stage_recipe.batch_size // world
+        task = task_class(model, stage_recipe, num_classes=cfg.data.num_classes,
+                          protocol=cfg.data.get("protocol", "voc07"))
+        last_path = checkpoints / "last.ckpt"
+        resumed = str(last_path) if last_path.exists() else None
+        resumed_step = _checkpoint_step(resumed)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resumed)
+        return trainer, task, resumed_step
+
     start = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from)
+    if training == "alternating":
+        trainer, task, resumed_step, stage_steps = fit_alternating(cfg, model, make_model, fit,
+                                                                   directory / "checkpoints")
+        model = task.model
+        post_hoc = {"stage_steps": stage_steps}
+    else:
+        trainer, task, resumed_step = fit(model, recipe, directory / "checkpoints")
+        post_hoc = {}
     train_seconds = time.perf_counter() - start
     fit_post_hoc = getattr(model, "fit_post_hoc", None)  # R-CNN's SVMs and box regressors
-    post_hoc = {}
     if callable(fit_post_hoc):
         start = time.perf_counter()
         fit_post_hoc(datamodule.train_dataloader())
@@ -315,7 +342,8 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
     result = {
         "paper": cfg.paper.id, "experiment": cfg.experiment, "profile": cfg.profile.name,
         "config_hash": config_hash(cfg), "model": cfg.model.name, "dataset": cfg.data.name,
-        "protocol": scored["protocol"], "params": count_params(model), "steps": trainer.global_step,
+        "protocol": scored["protocol"], "params": count_params(model),
+        "steps": sum(post_hoc["stage_steps"]) if "stage_steps" in post_hoc else trainer.global_step,
         "test_map": 100.0 * float(scored["map"]),
         **{f"test_{k}": 100.0 * float(scored[k]) for k in ("map_50", "map_75") if k in scored},
         "per_class_ap": {k: round(100.0 * float(v), 2) for k, v in scored["per_class"].items()},
@@ -331,6 +359,78 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, result_path)
     return {**result, "cached": False}
+
+
+TRAINING_SCHEMES = ("joint", "alternating")
+
+# Faster R-CNN Sec. 3.2 (i): what each of the four fits trains, from which weights.
+ALTERNATING_STEPS = (
+    "1: the RPN, from the ImageNet model",
+    "2: a separate Fast R-CNN on step 1's proposals, from the ImageNet model",
+    "3: the RPN's own layers on step 2's conv layers, which stay fixed",
+    "4: Fast R-CNN's own layers on step 3's proposals, conv layers fixed",
+)
+
+
+def alternating_steps(recipe: DictConfig) -> list[int]:
+    """`recipe.alternating_steps`: the training steps of the four fits, validated."""
+    steps = recipe.get("alternating_steps")
+    if steps is None or len(steps) != 4 or any(int(n) != n or n < 1 for n in steps):
+        raise ConfigError(f"recipe.alternating_steps={steps!r}: recipe.training=alternating needs four positive "
+                          "step counts, one per step of Sec. 3.2 (RPN, Fast R-CNN, RPN, Fast R-CNN), "
+                          "e.g. [80000, 40000, 80000, 40000].")
+    return [int(n) for n in steps]
+
+
+def fit_alternating(cfg: DictConfig, model: torch.nn.Module, make_model, fit, checkpoints: Path):
+    """Faster R-CNN's 4-step alternating training (Sec. 3.2 (i), `ALTERNATING_STEPS`), each step
+    a fit of `recipe.alternating_steps[k]` steps under the recipe's schedule:
+
+    1. `model` (ImageNet-initialised) learns the RPN's losses alone;
+    2. a second network from `make_model()` (ImageNet-initialised again: no shared layers yet)
+       learns Fast R-CNN's losses on step 1's proposals, step 1's network held fixed;
+    3. the second network's conv layers are frozen from here on; its RPN layers (never trained)
+       learn the RPN's losses: the two tasks now share the conv layers;
+    4. with the RPN frozen too, Fast R-CNN's own layers are fine-tuned on its proposals.
+
+    `fit(model, recipe, folder)` is `run_detection`'s trainer; each step checkpoints in
+    `checkpoints/step<k>/`, so an interrupted run resumes in the step it stopped in. Returns the
+    last trainer and task (the unified network, ready to test), the steps restored from
+    checkpoints (None: none) and the step counts."""
+    steps = alternating_steps(cfg.recipe)
+    resumed: list[int] = []
+
+    def step(k: int, network: torch.nn.Module, stage: str):
+        network.train_stage = stage
+        folder = checkpoints / f"step{k}"
+        trainer, task, resumed_step = fit(network, OmegaConf.merge(cfg.recipe, {"max_steps": steps[k - 1]}), folder,
+                                          f"logs/step{k}")
+        trainer.save_checkpoint(folder / "last.ckpt")  # complete, whatever checkpoint_every_steps
+        if resumed_step:
+            resumed.append(resumed_step)
+        log.info("alternating training, step %s: done (%d steps)", ALTERNATING_STEPS[k - 1], steps[k - 1])
+        return trainer, task
+
+    if not hasattr(model, "train_stage"):
+        raise ConfigError(f"recipe.training=alternating: {cfg.model.name} has no separate RPN and detector "
+                          "losses; it applies to Faster R-CNN only. Use recipe.training=joint.")
+    model.head.requires_grad_(False)
+    step(1, model, "rpn")
+    detector = make_model()
+    detector.rpn.requires_grad_(False)
+    detector.use_proposer(model)
+    step(2, detector, "detector")
+    detector.use_proposer(None)
+    detector.trunk.requires_grad_(False)
+    detector.head.requires_grad_(False)
+    detector.rpn.requires_grad_(True)
+    step(3, detector, "rpn")
+    detector.rpn.requires_grad_(False)
+    detector.head.requires_grad_(True)
+    trainer, task = step(4, detector, "detector")
+    detector.train_stage = "joint"
+    trainer.save_checkpoint(checkpoints / "last.ckpt")  # the unified network, for load_trained
+    return trainer, task, (sum(resumed) if resumed else None), steps
 
 
 def test_input_sizes(cfg: DictConfig) -> dict[int, int]:

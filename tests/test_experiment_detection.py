@@ -8,7 +8,7 @@ import torch
 from replicate import experiment
 from replicate.config import compose
 from replicate.data import fashion_mnist
-from replicate.errors import FloorNotMet
+from replicate.errors import ConfigError, FloorNotMet
 from replicate.experiment_detection import exact_value, is_detection, load_detections, load_trained, time_two_stage
 from replicate.tables import Report
 from tests.fakes import write_idx_fashion_mnist
@@ -29,7 +29,7 @@ def tiny_data(tmp_path, monkeypatch):
 
 
 def test_faster_rcnn_runs_through_experiment_run_and_is_cached(tiny_data, capsys):
-    cfg = compose("faster_rcnn", "reduced", ["experiment=faster_rcnn_voc07", *TINY])
+    cfg = compose("faster_rcnn", "reduced", ["experiment=faster_rcnn_voc07", *TINY, "recipe.training=joint"])
     assert is_detection(cfg) and cfg.data.name == "synth_detection"  # VOC2007 substituted
     result = experiment.run(cfg)
     assert result["cached"] is False and result["steps"] == 2 and result["dataset"] == "synth_detection"
@@ -38,7 +38,8 @@ def test_faster_rcnn_runs_through_experiment_run_and_is_cached(tiny_data, capsys
     assert len(load_detections(result)) == 3
     again = experiment.run(cfg)
     assert again["cached"] is True and again["test_map"] == result["test_map"]
-    results = experiment.run_all("faster_rcnn", "reduced", TINY, experiments=["faster_rcnn_voc07"])
+    results = experiment.run_all("faster_rcnn", "reduced", [*TINY, "recipe.training=joint"],
+                                 experiments=["faster_rcnn_voc07"])
     assert "test mAP" in capsys.readouterr().out and results["faster_rcnn_voc07"]["cached"]
     # The trained detector reloads from its checkpoint, and its stages can be timed.
     model = load_trained(cfg, result)
@@ -48,6 +49,53 @@ def test_faster_rcnn_runs_through_experiment_run_and_is_cached(tiny_data, capsys
     times = time_two_stage(model, [im.float() / 255 for im in stored], stored)
     assert {"conv", "rpn", "region_rpn", "selective_search", "region_ss"} <= set(times)
     assert all(v >= 0 for v in times.values()) and times["selective_search"] > 0
+
+
+def _checkpoint_part(path, prefix):
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith(f"model.{prefix}.")}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_faster_rcnn_alternating_training_runs_four_fits_and_resumes(tiny_data):
+    """Sec. 3.2's 4-step scheme through experiment.run: two networks in steps 1-2, then the
+    second one's conv layers fixed (steps 3-4) and its RPN fixed in step 4."""
+    cfg = compose("faster_rcnn", "reduced", ["experiment=faster_rcnn_voc07", *TINY, "recipe.training=alternating",
+                                             "recipe.alternating_steps=[2,3,2,3]"])
+    result = experiment.run(cfg)
+    assert result["stage_steps"] == [2, 3, 2, 3] and result["steps"] == 10 and 0 <= result["test_map"] <= 100
+    checkpoints = tiny_data / "runs" / "faster_rcnn" / "faster_rcnn_voc07" / result["config_hash"] / "checkpoints"
+    step = {k: checkpoints / f"step{k}" / "last.ckpt" for k in (1, 2, 3, 4)}
+    final = checkpoints / "last.ckpt"
+    # Step 2 is a separate network: its trunk is not step 1's (both trained from the same start).
+    assert not _same(_checkpoint_part(step[1], "trunk"), _checkpoint_part(step[2], "trunk"))
+    # The conv layers stay as step 2 left them; the RPN as step 3 left it; the head moves in step 4.
+    assert _same(_checkpoint_part(step[2], "trunk"), _checkpoint_part(final, "trunk"))
+    assert not _same(_checkpoint_part(step[2], "rpn"), _checkpoint_part(step[3], "rpn"))
+    assert _same(_checkpoint_part(step[3], "rpn"), _checkpoint_part(final, "rpn"))
+    assert _same(_checkpoint_part(step[2], "head"), _checkpoint_part(step[3], "head"))
+    assert not _same(_checkpoint_part(step[3], "head"), _checkpoint_part(final, "head"))
+    assert load_trained(cfg, result).train_stage == "joint"
+    # Interrupted in step 4: the run resumes there, the earlier steps restored from their checkpoints.
+    (checkpoints.parent / "result.json").unlink()
+    step[4].unlink()
+    again = experiment.run(cfg)
+    assert again["cached"] is False and again["stage_steps"] == [2, 3, 2, 3]
+    assert again["resumed_from_step"] == 2 + 3 + 2
+
+
+def test_alternating_training_needs_four_step_counts(tiny_data):
+    cfg = compose("faster_rcnn", "reduced", ["experiment=faster_rcnn_voc07", *TINY, "recipe.training=alternating",
+                                             "recipe.alternating_steps=[2,2]"])
+    with pytest.raises(ConfigError, match="four positive step counts"):
+        experiment.run(cfg)
+    assert not (tiny_data / "runs" / "faster_rcnn").exists()  # nothing half-written
+    cfg = compose("faster_rcnn", "reduced", ["experiment=faster_rcnn_voc07", *TINY, "recipe.training=both"])
+    with pytest.raises(ConfigError, match="joint, alternating"):
+        experiment.run(cfg)
 
 
 def test_fast_rcnn_runs_on_cached_selective_search_proposals(tiny_data):

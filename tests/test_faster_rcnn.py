@@ -1,6 +1,6 @@
 """Faster R-CNN (Ren et al. 2015): a training step, the detections' format, the anchor count of a
-1000 x 600 image, the RPN's parameter counts against Sec. 3.1.1, and the RPN's labelling and
-sampling on a worked case."""
+1000 x 600 image, the RPN's parameter counts against Sec. 3.1.1, the RPN's labelling and
+sampling on a worked case, and the RPN-only and detector-only steps of the alternating scheme."""
 
 import math
 
@@ -49,6 +49,46 @@ def test_training_step_losses_are_finite_and_reach_the_trunk():
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
     for layer in (model.rpn.cls, model.rpn.reg, model.head.cls_score, model.head.bbox_pred, model.head.fc6):
         assert layer.weight.grad.abs().sum() > 0
+
+
+def _grad(module):
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+def test_rpn_stage_trains_the_rpn_and_the_trunk_only():
+    """Step 1 of the alternating scheme (Sec. 3.2): the RPN's losses alone."""
+    model = tiny().train()
+    model.train_stage = "rpn"
+    losses = model(*_batch())
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_box"}
+    sum(losses.values()).backward()
+    assert _grad(model.rpn) > 0 and _grad(model.trunk) > 0 and _grad(model.head) == 0
+
+
+def test_detector_stage_learns_on_a_fixed_networks_proposals():
+    """Step 2: Fast R-CNN's losses on another network's proposals; neither that network nor
+    the own RPN learns, and the proposer is not part of the model's state."""
+    proposer = tiny().train()
+    model = tiny().train()
+    model.train_stage = "detector"
+    model.use_proposer(proposer)
+    assert not any(k.startswith("_proposer") for k in model.state_dict())
+    assert not proposer.training and not any(p.requires_grad for p in proposer.parameters())
+    losses = model(*_batch())
+    assert set(losses) == {"loss_cls", "loss_box"}
+    sum(losses.values()).backward()
+    assert _grad(model.head) > 0 and _grad(model.trunk) > 0 and _grad(model.rpn) == 0
+    assert _grad(proposer) == 0
+    # Step 4: the own (frozen) RPN proposes; the detector is trained on its training-time selection.
+    model.use_proposer(None)
+    model.zero_grad()
+    sum(model(*_batch()).values()).backward()
+    assert _grad(model.head) > 0 and _grad(model.rpn) == 0
+
+
+def test_an_unknown_train_stage_is_refused():
+    with pytest.raises(ValueError, match="joint, rpn, detector"):
+        tiny().train_stage = "alternating"
 
 
 def test_evaluation_returns_one_detection_dict_per_image():

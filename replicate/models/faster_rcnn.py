@@ -18,12 +18,19 @@ Proposals (Sec. 3.3): the anchors moved by `reg`, clipped to the image, NMS at I
 `cls` scores, the top 2000 kept in training and 300 at test time. Before NMS only the best
 `pre_nms_top_n` boxes enter (12000 / 6000, the released code's numbers: the paper does not say).
 
-Training: approximate joint training (Sec. 3.2 (ii)): one network, RPN and Fast R-CNN losses
-summed, the proposals taken as fixed inputs of the detector (no gradient through their
-coordinates). The paper's own experiments use the 4-step alternating scheme; it is not
-implemented here (see the notebook). The trunk initialisation, `frozen_convs` and `width_mult`
-are as in `replicate.models.fast_rcnn`; the reduced profile also scales the anchors
-(`anchor_scales`) with its 128-pixel canvases.
+Training (Sec. 3.2) is one of two schemes, chosen by `train_stage`:
+
+* `"joint"`: approximate joint training (Sec. 3.2 (ii)): one network, RPN and Fast R-CNN losses
+  summed, the proposals taken as fixed inputs of the detector (no gradient through their
+  coordinates);
+* the 4-step alternating training the paper's experiments use (Sec. 3.2 (i)) is four fits of
+  `"rpn"` (the RPN's losses only) and `"detector"` (the Fast R-CNN losses only, on the proposals
+  of `use_proposer`'s network, or of the model's own RPN when none is set), driven by
+  `replicate.experiment_detection.fit_alternating`, which also freezes the shared layers in steps
+  3 and 4.
+
+The trunk initialisation, `frozen_convs` and `width_mult` are as in `replicate.models.fast_rcnn`;
+the reduced profile also scales the anchors (`anchor_scales`) with its 128-pixel canvases.
 """
 
 from __future__ import annotations
@@ -114,6 +121,9 @@ def select_proposals(anchors: Tensor, logits: Tensor, deltas: Tensor, image_hw: 
     return boxes[keep], scores[keep]
 
 
+TRAIN_STAGES = ("joint", "rpn", "detector")
+
+
 class FasterRCNN(nn.Module):
     """VGG-16 trunk shared by an RPN and a Fast R-CNN head; `model(images, targets)` returns
     the four losses in training, `model(images)` the detections in evaluation."""
@@ -152,6 +162,25 @@ class FasterRCNN(nn.Module):
         self.rois_per_image, self.fg_fraction = int(rois_per_image), float(fg_fraction)
         self.box_lambda = float(box_lambda)
         self.score_threshold, self.detections_per_image = float(score_threshold), int(detections_per_image)
+        self.train_stage = "joint"
+        self._proposer: tuple[FasterRCNN, ...] = ()  # a tuple: another network, not a submodule
+
+    @property
+    def train_stage(self) -> str:
+        """Which losses training computes: `"joint"` (all four, Sec. 3.2 (ii)), `"rpn"` (the RPN's)
+        or `"detector"` (Fast R-CNN's, on proposals from `use_proposer`'s network or the own RPN)."""
+        return self._train_stage
+
+    @train_stage.setter
+    def train_stage(self, stage: str) -> None:
+        if stage not in TRAIN_STAGES:
+            raise ValueError(f"train_stage={stage!r}; allowed: {', '.join(TRAIN_STAGES)}")
+        self._train_stage = stage
+
+    def use_proposer(self, proposer: FasterRCNN | None) -> None:
+        """Train the detector on the proposals of another, fixed Faster R-CNN (step 2 of the
+        alternating scheme: the step-1 RPN, whose conv layers are not shared yet); None: the own RPN."""
+        self._proposer = (proposer.eval().requires_grad_(False),) if proposer is not None else ()
 
     def num_anchors(self, image_hw: tuple[int, int]) -> int:
         """All anchors of an (H, W) image: k per position of its conv5_3 map (Sec. 3.3)."""
@@ -162,16 +191,31 @@ class FasterRCNN(nn.Module):
         batch, sizes = image_batch(images)
         return self.trunk(batch), sizes
 
-    def propose(self, features: Tensor, sizes: list[tuple[int, int]]):
-        """RPN outputs, the anchors and each image's proposals (detached: approximate joint training)."""
+    def propose(self, features: Tensor, sizes: list[tuple[int, int]], *, for_training: bool | None = None,
+                select: bool = True):
+        """RPN outputs, the anchors and each image's proposals (detached: approximate joint
+        training), selected with the training or test numbers (`for_training`, default: the
+        module's mode); `select=False` skips the selection (an RPN-only training step)."""
         logits, deltas = self.rpn(features)
         # float32 whatever the autocast precision: bf16 cannot hold 600-pixel coordinates exactly.
         anchors = self.anchors(tuple(features.shape[-2:]), device=features.device, dtype=torch.float32)
-        pre, post = self.top_n[self.training]
+        if not select:
+            return logits, deltas, anchors, []
+        pre, post = self.top_n[self.training if for_training is None else for_training]
         proposals = [select_proposals(anchors, lg.detach(), dl.detach(), hw, pre_nms_top_n=pre, post_nms_top_n=post,
                                       nms_threshold=self.rpn_nms, min_size=self.proposal_min_size)[0]
                      for lg, dl, hw in zip(logits, deltas, sizes)]
         return logits, deltas, anchors, proposals
+
+    @torch.no_grad()
+    def _fixed_proposals(self, images: Sequence[Tensor], features: Tensor, sizes: list[tuple[int, int]]) -> list[Tensor]:
+        """Training proposals from a fixed RPN (the detector steps of the alternating scheme)."""
+        if not self._proposer:
+            return self.propose(features, sizes, for_training=True)[3]
+        proposer = self._proposer[0]
+        if next(proposer.parameters()).device != features.device:
+            proposer.to(features.device)
+        return proposer.propose(*proposer.features(images), for_training=True)[3]
 
     def detect(self, features: Tensor, proposals: list[Tensor], sizes: list[tuple[int, int]]) -> list[dict]:
         logits, deltas = self.head(features, proposals)
@@ -180,27 +224,37 @@ class FasterRCNN(nn.Module):
 
     def forward(self, images: Sequence[Tensor], targets: Sequence[Mapping] | None = None):
         features, sizes = self.features(images)
-        logits, deltas, anchors, proposals = self.propose(features, sizes)
         if not self.training:
-            return self.detect(features, proposals, sizes)
+            return self.detect(features, self.propose(features, sizes)[3], sizes)
         if targets is None:
             raise ValueError("training needs targets")
+        gts = [_plain(t["boxes"]).float().reshape(-1, 4) for t in targets]
+        stage = self.train_stage
+        if stage == "detector":
+            proposals = self._fixed_proposals(images, features, sizes)
+        else:
+            logits, deltas, anchors, proposals = self.propose(features, sizes, select=stage == "joint")
         num_positions = features.shape[-2] * features.shape[-1]
         rpn_cls, rpn_box, sampled = [], [], []
-        for i, target in enumerate(targets):
-            gt = _plain(target["boxes"]).float().reshape(-1, 4)
-            labels, box_targets = rpn_targets(anchors, gt, sizes[i], positive_iou=self.rpn_positive_iou,
-                                              negative_iou=self.rpn_negative_iou, batch_size=self.rpn_batch,
-                                              positive_fraction=self.rpn_positive_fraction)
-            c, b = rpn_loss(logits[i], deltas[i], labels, box_targets, num_positions, self.rpn_lambda)
-            rpn_cls.append(c)
-            rpn_box.append(b)
-            sampled.append(sample_rois(proposals[i], gt, target["labels"], rois_per_image=self.rois_per_image,
-                                       fg_fraction=self.fg_fraction))
-        head_logits, head_deltas = self.head(features, [s[0] for s in sampled])
-        losses = fast_rcnn_loss(head_logits, head_deltas, torch.cat([s[1] for s in sampled]),
-                                torch.cat([s[2] for s in sampled]), self.box_lambda)
-        return {"loss_rpn_cls": torch.stack(rpn_cls).mean(), "loss_rpn_box": torch.stack(rpn_box).mean(), **losses}
+        for i, gt in enumerate(gts):  # per image: the RPN's anchors (Eq. 1), then Fast R-CNN's RoIs
+            if stage != "detector":
+                labels, box_targets = rpn_targets(anchors, gt, sizes[i], positive_iou=self.rpn_positive_iou,
+                                                  negative_iou=self.rpn_negative_iou, batch_size=self.rpn_batch,
+                                                  positive_fraction=self.rpn_positive_fraction)
+                c, b = rpn_loss(logits[i], deltas[i], labels, box_targets, num_positions, self.rpn_lambda)
+                rpn_cls.append(c)
+                rpn_box.append(b)
+            if stage != "rpn":
+                sampled.append(sample_rois(proposals[i], gt, targets[i]["labels"], rois_per_image=self.rois_per_image,
+                                           fg_fraction=self.fg_fraction))
+        losses = {}
+        if rpn_cls:
+            losses.update(loss_rpn_cls=torch.stack(rpn_cls).mean(), loss_rpn_box=torch.stack(rpn_box).mean())
+        if sampled:
+            head_logits, head_deltas = self.head(features, [s[0] for s in sampled])
+            losses.update(fast_rcnn_loss(head_logits, head_deltas, torch.cat([s[1] for s in sampled]),
+                                         torch.cat([s[2] for s in sampled]), self.box_lambda))
+        return losses
 
 
 @register
