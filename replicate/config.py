@@ -20,7 +20,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError, choices
 
@@ -112,19 +112,37 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
             f"{choices(experiment, known)}"
         )
     substitute = {**(cfg.profile.get("substitute_data") or {}), **(cfg.profile.get("substitute_detection") or {})}
-    expanded = []
+    expanded, data = [], None
     for item in known[experiment]:
         key, value = item.split("=", 1)
         if key == "data" and value in substitute:
             value = substitute[value]
+        if key == "data":
+            data = value
         expanded.append(f"{key}={value}")
     # The paper's own scale for this profile (e.g. the reduced profile's image size and widths
     # for networks designed for 224 px), after the experiment and before the user's overrides.
-    scale = list((cfg.paper.get("scale") or {}).get(profile) or [])
+    # A paper with both kinds of experiment (YOLOv4: its classifier ablation and its detector)
+    # gives one list per kind: {classification: [...], detection: [...]}.
+    scale = (cfg.paper.get("scale") or {}).get(profile) or []
+    if not isinstance(scale, (list, ListConfig)):
+        unknown = set(scale) - {"classification", "detection"}
+        if unknown:
+            raise ConfigError(f"conf/paper/{paper}.yaml: scale.{profile} has {sorted(unknown)}; a scale is a list of "
+                              "overrides, or {classification: [...], detection: [...]}.")
+        scale = scale.get("detection" if is_detection_data(data) else "classification") or []
+    scale = list(scale)
     cfg = _hydra(base + expanded + scale + user)
     with _writable(cfg):
         cfg.experiment = experiment
     return _anchor_paths(cfg)
+
+
+def is_detection_data(name: str | None) -> bool:
+    """Whether the data config `name` is a detection set (scored by mAP, `replicate.experiment_detection`)."""
+    from .data.detection import DATASETS
+
+    return name in DATASETS
 
 
 def _anchor_paths(cfg: DictConfig) -> DictConfig:

@@ -161,6 +161,22 @@ def _checkpoint_step(path: str | None) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
 
 
+def save_weights(result: dict, path: str | os.PathLike) -> Path:
+    """The trained network of a finished run (its last checkpoint) as a plain state dict at
+    `path`, the form `model.backbone_weights` loads (e.g. YOLOv4 Table 6: the detector from a
+    Table 3 classifier; the classifier's own layers are skipped there)."""
+    checkpoint = Path(result["run_dir"]) / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise ConfigError(f"{result.get('experiment')}: no checkpoint at {checkpoint}; run the experiment first.")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments: Sequence[str] | None = None,
             *, verbose: bool = True) -> dict[str, dict]:
     """Run (or load) every experiment the paper lists for `profile` (or those named)."""

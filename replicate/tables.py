@@ -357,10 +357,13 @@ def _floor_score(run: Mapping) -> tuple[str, float]:
 
 
 def _run_columns(runs: Mapping[str, Mapping]) -> tuple[str, ...]:
-    """The result fields shown per run: detection metrics where any run is a detector."""
-    if any("test_map" in r for r in runs.values()):
-        return ("dataset", "steps", "test_map", "test_map_50", "test_map_75")
-    return ("dataset", "steps", "test_top1_err", "test_top5_err", "train_err_final")
+    """The result fields shown per run: detection metrics for detectors, errors for classifiers
+    (both where a paper has both, as YOLOv4's classifier ablation beside its detector)."""
+    detection = ("test_map", "test_map_50", "test_map_75")
+    classification = ("test_top1_err", "test_top5_err", "train_err_final")
+    has_map = any("test_map" in r for r in runs.values())
+    has_err = any("test_top1_err" in r for r in runs.values())
+    return ("dataset", "steps", *(detection if has_map else ()), *(classification if has_err or not has_map else ()))
 
 
 def _join(*parts) -> str:

@@ -10,7 +10,9 @@ from torch import nn
 
 from replicate.data import transforms as T
 from replicate.errors import ConfigError
-from replicate.tasks.classification import ClassificationTask, build_optimizer, parameter_groups, step_schedule
+from replicate.tasks.classification import (
+    ClassificationTask, Mosaic, build_optimizer, parameter_groups, step_schedule,
+)
 
 
 def recipe(**kw):
@@ -65,7 +67,7 @@ def test_unknown_optimizer_and_schedule_name_the_choices():
     with pytest.raises(ConfigError, match="Allowed: sgd, rmsprop, adamw"):
         build_optimizer(DepthwiseNet(), recipe(optimizer="lamb"))
     with pytest.raises(ConfigError, match="Allowed: multistep"):
-        step_schedule(recipe(schedule="poly"))
+        step_schedule(recipe(schedule="polynomial"))
 
 
 def test_exponential_schedule_is_a_staircase():
@@ -79,6 +81,37 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
     assert f(0) == pytest.approx(1 / 20) and f(19) == pytest.approx(1.0)
     assert f(20) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
     assert all(f(s) >= f(s + 1) for s in range(20, 99))
+
+
+def test_poly_schedule_burns_in_then_decays_as_a_power():
+    # YOLOv4's classifier (Sec. 4.1): burn-in (t / T)^4, then (1 - t / max_steps)^4.
+    f = step_schedule(recipe(schedule="poly", power=4.0, warmup_steps_fraction=0.1, warmup_power=4.0, max_steps=100))
+    assert f(0) == pytest.approx((1 / 10) ** 4) and f(4) == pytest.approx(0.5 ** 4) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(0.9 ** 4) and f(50) == pytest.approx(0.5 ** 4) and f(100) == 0.0
+    assert all(f(s) >= f(s + 1) for s in range(10, 99))
+
+
+def test_mosaic_labels_follow_the_pixels():
+    """Each pixel of a mosaic comes from one image of the batch; an image's target is the share
+    of its pixels taken from each image's class."""
+    n, h, w = 5, 12, 16
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 2, h, w).clone()  # image i is all i
+    labels = torch.tensor([3, 0, 2, 3, 1])
+    torch.manual_seed(0)
+    for _ in range(5):
+        mixed, target = Mosaic(num_classes=4)(images, labels)
+        assert mixed.shape == images.shape and target.shape == (n, 4)
+        assert torch.allclose(target.sum(1), torch.ones(n))
+        for i in range(n):
+            sources = mixed[i, 0].long().flatten()
+            assert torch.equal(mixed[i, 0], mixed[i, 1])  # the same cut in every channel
+            expected = torch.zeros(4).index_add_(0, labels[sources], torch.ones(sources.numel())) / (h * w)
+            assert torch.allclose(target[i], expected)
+            assert len(sources.unique()) == 4  # four images, none of them empty (centre in the middle half)
+    task = ClassificationTask(nn.Sequential(nn.Flatten(), nn.Linear(2 * h * w, 4)),
+                              recipe(cutmix_alpha=1.0, mosaic=True), num_classes=4)
+    x, y = task.batch_mix(images, labels)  # one of CutMix and Mosaic per batch
+    assert y.shape == (n, 4) and math.isfinite(task.loss(task(x), y)[0].item())
 
 
 def test_multistep_schedule():

@@ -299,3 +299,44 @@ def test_bad_knobs_are_refused():
         tiny(nms="soft")
     with pytest.raises(ValueError, match="grid_sensitivity"):
         tiny(grid_sensitivity=[1.1, 1.2])
+
+
+# -- Tables 3 and 6: the classifier experiments and their weights ----------------------------------
+def test_classifier_and_detector_experiments_take_their_own_reduced_scale():
+    from replicate.config import compose
+
+    classifier = compose("yolov4", "reduced", ["experiment=cd53_mish_bof"])
+    assert classifier.data.name == "fashion_mnist" and classifier.model.name == "cspdarknet53"
+    assert classifier.model.width_mult == 0.125 and classifier.data.image_size == 32
+    assert classifier.recipe.mosaic and classifier.recipe.cutmix_alpha == 1.0 and classifier.recipe.label_smoothing == 0.1
+    assert compose("yolov4", "reduced", ["experiment=cd53_leaky"]).model.activation == "leaky"
+    detector = compose("yolov4", "reduced", ["experiment=yolov4_coco"])
+    assert detector.data.name == "synth_detection" and detector.model.width_mult == 0.0625
+    full = compose("yolov4", "full", ["experiment=cd53_leaky_bof"])
+    assert full.data.name == "imagenet" and full.recipe.max_steps == 1200000 and full.recipe.schedule == "poly"
+
+
+def test_a_trained_classifier_initialises_the_detectors_backbone(tmp_path):
+    """Table 6's chain: a CSPDarknet53 classifier's weights (experiment.save_weights) load into
+    YOLOv4's backbone through model.backbone_weights."""
+    from replicate import experiment
+    from replicate.config import compose
+    from replicate.experiment_detection import build_detector
+    from tests.fakes import write_idx_fashion_mnist
+
+    write_idx_fashion_mnist(tmp_path / "data", n_train=64, n_test=16)
+    paths = [f"paths.data_dir={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'runs'}"]
+    cfg = compose("yolov4", "reduced", ["experiment=cd53_leaky", *paths, "model.width_mult=0.0625", "recipe.max_steps=2",
+                                        "recipe.batch_size=16", "recipe.checkpoint_every_steps=2", "data.train_subset=64",
+                                        "data.test_subset=16"])
+    result = experiment.run(cfg)
+    assert result["steps"] == 2
+    weights = experiment.save_weights(result, tmp_path / "cd53_leaky.pt")
+    # data.channels=1: Fashion-MNIST's grey stem (ImageNet's and COCO's are both RGB in the full profile).
+    detector_cfg = compose("yolov4", "reduced", ["experiment=yolov4_coco", *paths, "model.activation=leaky",
+                                                 f"model.backbone_weights={weights}", "data.channels=1"])
+    detector = build_detector(detector_cfg)
+    saved = torch.load(weights, weights_only=True)
+    backbone = detector.network.backbone.state_dict()
+    assert set(backbone) < set(saved)  # the classifier's own layers are left out
+    assert all(torch.equal(backbone[k], saved[k]) for k in backbone)

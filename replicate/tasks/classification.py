@@ -2,8 +2,8 @@
 
 The recipe config (conf/recipe/*.yaml) chooses the optimizer (SGD, RMSProp, AdamW), its
 parameter groups (no decay on depthwise filters for MobileNet V1; none on norms and biases for
-the AdamW recipes), the schedule (multistep, plateau, exponential, cosine with linear warm-up),
-mixup/cutmix and label smoothing, and the weight of auxiliary classifiers (GoogLeNet); this
+the AdamW recipes), the schedule (multistep, plateau, exponential, cosine with linear warm-up, polynomial with
+Darknet's burn-in), mixup/cutmix/mosaic and label smoothing, and the weight of auxiliary classifiers (GoogLeNet); this
 module only turns it into torch objects and logs top-1/top-5 error in percent, as the papers
 report it.
 """
@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
-SCHEDULES = ("multistep", "plateau", "exponential", "cosine")
+SCHEDULES = ("multistep", "plateau", "exponential", "cosine", "poly")
 
 
 class ClassificationTask(L.LightningModule):
@@ -221,7 +221,8 @@ def step_schedule(r: DictConfig):
 
     multistep: x gamma at each milestone (fractions of max_steps); exponential: x gamma every
     `decay_every_steps` (MobileNet V2's 0.98 per epoch, GoogLeNet's 4% every 8 epochs), staircase;
-    cosine: linear warm-up over `warmup_steps_fraction` of max_steps, then half a cosine to 0.
+    cosine: linear warm-up over `warmup_steps_fraction` of max_steps, then half a cosine to 0;
+    poly: (1 - t / max_steps)^`power` after a (t / T)^`warmup_power` burn-in (YOLOv4's classifier).
     """
     if r.schedule == "multistep":
         milestones = [round(f * r.max_steps) for f in r.milestones]
@@ -241,15 +242,57 @@ def step_schedule(r: DictConfig):
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
 
         return cosine
+    if r.schedule == "poly":
+        # YOLOv4 Sec. 4.1's classifier: "polynomial decay learning rate scheduling strategy",
+        # after a burn-in of `warmup_steps_fraction` of max_steps raised as (t / T)^warmup_power.
+        warmup = round(float(r.get("warmup_steps_fraction", 0.0)) * r.max_steps)
+        power, burn_in = float(r.get("power", 1.0)), float(r.get("warmup_power", 1.0))
+
+        def poly(step: int) -> float:
+            if step < warmup:
+                return ((step + 1) / warmup) ** burn_in
+            return max(0.0, 1.0 - step / r.max_steps) ** power
+
+        return poly
     raise ConfigError(f"recipe.schedule={r.schedule!r} is not supported. Allowed: {', '.join(SCHEDULES)}.")
 
 
+class Mosaic:
+    """Mosaic for a classifier (YOLOv4 Sec. 3.2, Tables 2-3): each training image becomes four
+    images of the batch, one per quadrant around a random centre (each quadrant keeps that
+    image's pixels at the same place), and its target the four one-hot labels weighted by the
+    quadrants' areas. The centre is drawn uniformly in the middle half of each side (Mosaic's
+    quadrants, unlike CutMix's box, are never empty)."""
+
+    def __init__(self, num_classes: int, low: float = 0.25, high: float = 0.75):
+        self.num_classes, self.low, self.high = int(num_classes), float(low), float(high)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = images.shape[-2:]
+        cy = int(round(h * float(torch.empty(()).uniform_(self.low, self.high))))
+        cx = int(round(w * float(torch.empty(()).uniform_(self.low, self.high))))
+        onehot = F.one_hot(labels, self.num_classes).to(images.dtype)
+        out = images.clone()
+        target = torch.zeros_like(onehot)
+        quadrants = ((slice(0, cy), slice(0, cx)), (slice(0, cy), slice(cx, w)),
+                     (slice(cy, h), slice(0, cx)), (slice(cy, h), slice(cx, w)))
+        for shift, (rows, cols) in enumerate(quadrants):  # the image i + shift of the batch (cyclic)
+            source = images.roll(shift, 0) if shift else images
+            out[..., rows, cols] = source[..., rows, cols]
+            area = (rows.stop - rows.start) * (cols.stop - cols.start) / (h * w)
+            target += area * (onehot.roll(shift, 0) if shift else onehot)
+        return out, target
+
+
 def _batch_mix(recipe: DictConfig, num_classes: int):
-    """torchvision's MixUp and/or CutMix on the training batch (one of the two per batch when
-    both are on, as in the DeiT/ConvNeXt recipes RDNet follows), or None."""
+    """torchvision's MixUp and/or CutMix, and/or `Mosaic` (recipe.mosaic), on the training batch
+    (one of them per batch when several are on), or None."""
     mixup, cutmix = float(recipe.get("mixup_alpha", 0.0) or 0.0), float(recipe.get("cutmix_alpha", 0.0) or 0.0)
     chosen = [t for alpha, t in ((mixup, v2.MixUp), (cutmix, v2.CutMix)) if alpha > 0
               for t in [t(alpha=alpha, num_classes=num_classes)]]
+    if recipe.get("mosaic", False):
+        chosen.append(Mosaic(num_classes))
     if not chosen:
         return None
+    # Darknet's classifier picks CutMix or Mosaic per batch when both are on, as the DeiT recipes MixUp or CutMix.
     return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
