@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 
 FASHION_FILES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
@@ -127,3 +128,16 @@ def write_imagenet_folder(root: str | Path, classes: int = 3, per_class: int = 4
                 pixels[..., k % 3] += 150
                 Image.fromarray(pixels).save(class_dir / f"{split}_{k}_{i}.JPEG", quality=90)
     return folder
+
+
+def proposal_batch():
+    """Two images with targets and selective-search-like proposals (the second without boxes:
+    every box of an image may be difficult), for the detectors fed external proposals."""
+    images = [torch.rand(3, 64, 96), torch.rand(3, 80, 64)]
+    targets = [
+        {"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([2]),
+         "proposals": torch.tensor([[9.0, 10.0, 40.0, 52.0], [0.0, 0.0, 30.0, 30.0], [50.0, 5.0, 90.0, 60.0]])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+         "proposals": torch.tensor([[0.0, 0.0, 20.0, 20.0], [10.0, 10.0, 60.0, 70.0]])},
+    ]
+    return images, targets

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from replicate import proposals as P
 from replicate.models import build
 from replicate.models.fast_rcnn import FastRCNNHead, fast_rcnn_loss, sample_rois, truncated_svd
+from tests.fakes import proposal_batch
 
 
 def _weights(module):
@@ -28,20 +29,9 @@ def tiny(**kw):
     return build("fast_rcnn_vgg16", num_classes=3, width_mult=0.0625, **kw)
 
 
-def _batch():
-    images = [torch.rand(3, 64, 96), torch.rand(3, 80, 64)]
-    targets = [
-        {"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([2]),
-         "proposals": torch.tensor([[9.0, 10.0, 40.0, 52.0], [0.0, 0.0, 30.0, 30.0], [50.0, 5.0, 90.0, 60.0]])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-         "proposals": torch.tensor([[0.0, 0.0, 20.0, 20.0], [10.0, 10.0, 60.0, 70.0]])},
-    ]
-    return images, targets
-
-
 def test_training_step_losses_are_finite_and_reach_the_trunk():
     model = tiny().train()
-    images, targets = _batch()
+    images, targets = proposal_batch()
     losses = model(images, targets)
     assert set(losses) == {"loss_cls", "loss_box"} and all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_cls"].item() == pytest.approx(math.log(4), abs=0.1)  # 4-way softmax, untrained
@@ -52,7 +42,7 @@ def test_training_step_losses_are_finite_and_reach_the_trunk():
 
 def test_evaluation_needs_proposals_and_returns_detections():
     model = tiny(score_threshold=0.0, detections_per_image=5).eval()
-    images, targets = _batch()
+    images, targets = proposal_batch()
     with pytest.raises(ValueError, match="proposals"):
         model(images)
     with torch.no_grad():

@@ -7,22 +7,12 @@ import torch
 
 from replicate.models import build
 from replicate.models.rcnn import _fit_svm, dilate
+from tests.fakes import proposal_batch
 
 
 def tiny(**kw):
     torch.manual_seed(0)
     return build("rcnn_alexnet", num_classes=3, width_mult=0.125, warp_size=99, **kw)
-
-
-def _batch():
-    images = [torch.rand(3, 64, 96), torch.rand(3, 80, 64)]
-    targets = [
-        {"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([2]),
-         "proposals": torch.tensor([[9.0, 10.0, 40.0, 52.0], [0.0, 0.0, 30.0, 30.0], [50.0, 5.0, 90.0, 60.0]])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-         "proposals": torch.tensor([[0.0, 0.0, 20.0, 20.0], [10.0, 10.0, 60.0, 70.0]])},
-    ]
-    return images, targets
 
 
 def test_alexnet_feature_sizes_match_section_3_1():
@@ -54,7 +44,7 @@ def test_warp_keeps_16_pixels_of_context():
 
 def test_fine_tuning_step_reaches_the_first_layer():
     model = tiny().train()
-    images, targets = _batch()
+    images, targets = proposal_batch()
     losses = model(images, targets)
     assert set(losses) == {"loss_cls"} and torch.isfinite(losses["loss_cls"])
     losses["loss_cls"].backward()
@@ -75,7 +65,7 @@ def test_svm_with_hard_negative_mining_separates_a_toy_set():
 
 def test_post_hoc_stages_and_detections():
     model = tiny(score_threshold=-1e9, detections_per_image=4)
-    images, targets = _batch()
+    images, targets = proposal_batch()
     model.fit_post_hoc([(images, targets)])
     assert model.svm_weight.abs().sum() > 0
     assert model.bbox_weight[1].abs().sum() > 0 and model.bbox_weight[0].abs().sum() == 0  # only class 2 has boxes

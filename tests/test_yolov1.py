@@ -13,13 +13,7 @@ from replicate.models import build, default_input_size
 from replicate.models.yolov1 import YOLOv1, yolov1_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than two, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def on_meta(name, **kw):

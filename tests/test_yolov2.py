@@ -16,13 +16,7 @@ from replicate.models.yolov2 import (
 from replicate.ops.kmeans_anchors import average_iou, wh_iou
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster than two, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def on_meta(name, **kw):

@@ -11,13 +11,7 @@ from replicate.complexity import count
 from replicate.models.yolov3 import COCO_ANCHORS, Residual
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions run faster on one thread than on two busy ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def on_meta(name, **kw):

@@ -15,13 +15,7 @@ from replicate.models.yolov4 import SAM, SPP, YOLOV4_ANCHORS
 HAS_MIX = importlib.util.find_spec("replicate.data.detection_mix") is not None
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions run faster on one thread than on two busy ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def on_meta(name, **kw):
