@@ -20,7 +20,7 @@ from .errors import ReplicateError
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .experiment import run
+    from .experiment import run, with_backbone_from
 
     paper, profile, overrides = None, "reduced", []
     for item in args.overrides:
@@ -33,7 +33,9 @@ def _run(args: argparse.Namespace) -> None:
             overrides.append(item)
     if paper is None:
         raise ReplicateError("Name the paper: python -m replicate run paper=<id> experiment=<name> [overrides]")
-    result = run(compose(paper, profile, overrides), force=args.force)
+    cfg = with_backbone_from(compose(paper, profile, overrides), paper, profile,
+                             [o for o in overrides if not o.startswith("experiment=")])
+    result = run(cfg, force=args.force)
     print(json.dumps(result, indent=2))
 
 

@@ -33,7 +33,7 @@ from . import models
 from .complexity import count_params
 from .config import compose, config_hash
 from .data import build_datamodule
-from .errors import ConfigError, DatasetMissingError
+from .errors import ConfigError, DatasetMissingError, choices
 from .tasks import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,34 @@ def save_weights(result: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def with_backbone_from(cfg: DictConfig, paper: str, profile: str, overrides: Sequence[str] = (),
+                       results: dict[str, dict] | None = None) -> DictConfig:
+    """`cfg` itself, or, when its `model.backbone_from` names another experiment of the paper
+    (YOLOv4 Table 6: the detector from a Table 2 or 3 classifier), `cfg` composed again with
+    `model.backbone_weights` set to that experiment's trained network. The source is taken from
+    `results`, or run (a finished run is only loaded from its cache); its weights are written once,
+    atomically, as `backbone_weights.pt` in its run directory. A source that cannot run (missing
+    data) raises its `DatasetMissingError`."""
+    source = cfg.model.get("backbone_from") if "model" in cfg else None
+    if not source or cfg.model.get("backbone_weights"):
+        return cfg
+    known = cfg.paper.get("experiments") or {}
+    if source not in known:
+        raise ConfigError(f"model.backbone_from={source!r} is not an experiment of {paper}.{choices(source, known)}")
+    result = (results or {}).get(source)
+    if result is None or "not_run" in result:
+        try:
+            result = run(compose(paper, profile, [*overrides, f"experiment={source}"]))
+        except DatasetMissingError as exc:
+            raise DatasetMissingError(f"{source}, whose network model.backbone_from starts this run from, cannot "
+                                      f"run: {exc}") from exc
+    weights = Path(result["run_dir"]) / "backbone_weights.pt"
+    if not weights.is_file():
+        save_weights(result, weights)
+    chosen = [f"experiment={cfg.experiment}"] if cfg.get("experiment") else []
+    return compose(paper, profile, [*overrides, *chosen, f"model.backbone_weights={weights}"])
+
+
 def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments: Sequence[str] | None = None,
             *, verbose: bool = True) -> dict[str, dict]:
     """Run (or load) every experiment the paper lists for `profile` (or those named)."""
@@ -187,12 +215,13 @@ def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments
     for name in names:
         cfg = compose(paper, profile, [*overrides, f"experiment={name}"])
         try:
+            cfg = with_backbone_from(cfg, paper, profile, overrides, results)
             result = run(cfg)
         except DatasetMissingError as exc:
             # One absent dataset (say ImageNet) leaves its rows `not_run`; the others still run.
             results[name] = {"experiment": name, "profile": profile, "dataset": cfg.data.name, "not_run": str(exc)}
             if verbose:
-                print(f"{name:<22} not run: {cfg.data.name} is missing (see the table notes)")
+                print(f"{name:<22} not run: {str(exc).splitlines()[0]}")
             continue
         results[name] = result
         if verbose:

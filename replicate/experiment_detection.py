@@ -75,9 +75,14 @@ def build_detector(cfg: DictConfig) -> torch.nn.Module:
     builder's keyword arguments, sized for the data set's classes. `backbone_weights` (a path)
     loads ImageNet-trained weights into the part the papers pre-train (`_pretrained_part`)."""
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-              if k not in ("name", "proposals", "backbone_weights")}
-    model = models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
+              if k not in ("name", "proposals", "backbone_weights", "backbone_from")}
     weights = cfg.model.get("backbone_weights")
+    source = cfg.model.get("backbone_from")
+    if source and not weights:
+        raise ConfigError(f"model.backbone_from={source!r} is resolved by replicate.experiment.run_all (the "
+                          f"notebook) or `python -m replicate run`, which train {source} first; here give "
+                          "model.backbone_weights=<state dict> instead.")
+    model = models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
     if weights:
         path = Path(str(weights)).expanduser()
         if not path.is_file():
@@ -249,7 +254,8 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
     # Build the data first: a missing data set raises before anything is written.
     datamodule = build_detection_datamodule(
         cfg.data, data_dir=cfg.paths.data_dir, batch_size=recipe.batch_size, seed=cfg.seed,
-        num_workers=min(8, os.cpu_count() or 1) if cfg.data.name != "synth_detection" else 0)
+        num_workers=min(8, os.cpu_count() or 1) if cfg.data.name != "synth_detection" else 0,
+        augment=recipe.get("detection_augment"))
     pretrained = {}
 
     def make_model() -> torch.nn.Module:

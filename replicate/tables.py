@@ -1,9 +1,10 @@
 """Reported-vs-measured tables, and the files under `reports/<paper>/<profile>/`.
 
 Every compared cell becomes one row of a long-form table with the columns `COLUMNS`; `status`
-is `match` (within tolerance), `off` (outside it), `reduced` (measured on the reduced profile,
-not comparable to the paper) or `not_run` (with the reason in `note`). The paper's numbers and
-tolerances come from `conf/paper/<id>.yaml`.
+is `match` (within tolerance), `off` (outside it), `explained` (an exact cell outside it whose
+`explained` entry in the paper's conf says why: the reason goes to `note`, and `check` lets it
+pass), `reduced` (measured on the reduced profile, not comparable to the paper) or `not_run`
+(with the reason in `note`). The paper's numbers and tolerances come from `conf/paper/<id>.yaml`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .complexity import QUANTITIES, Complexity, count
 from .errors import ConfigError, ExactTableMismatch, FloorNotMet
 
 COLUMNS = ["table", "row", "metric", "paper", "ours", "unit", "delta", "tolerance", "status", "source", "note"]
-STATUSES = ("match", "off", "reduced", "not_run")
+STATUSES = ("match", "off", "explained", "reduced", "not_run")
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -45,6 +46,16 @@ def _tolerance(spec: Mapping, cell: Mapping) -> float:
         raise ConfigError(f"table {spec['id']}: tolerance must be a number or 'rounding', not {tol!r}")
     return float(tol)
 
+
+
+def _exact_status(cell: Mapping, within: bool) -> dict[str, str]:
+    """`match` within tolerance; outside it `explained` when the cell says why (the reason joins
+    its note), else `off`."""
+    if within:
+        return {"status": "match"}
+    if cell.get("explained"):
+        return {"status": "explained", "note": _join(cell.get("note"), cell["explained"])}
+    return {"status": "off"}
 
 class Report:
     """Collects one paper's regenerated tables, plots and checks for one profile."""
@@ -108,7 +119,7 @@ class Report:
                 tol = _tolerance(spec, cell)
                 delta = ours - cell["paper"]
                 rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
-                                      status="match" if abs(delta) <= tol + 1e-9 else "off"))
+                                      **_exact_status(cell, abs(delta) <= tol + 1e-9)))
                 continue
             kwargs = {**spec.get("model_kwargs", {}), **cell.get("model_kwargs", {})}
             input_size = cell.get("input_size", spec.get("input_size"))
@@ -120,8 +131,8 @@ class Report:
             ours = float(getattr(c, quantity))
             tol = _tolerance(spec, cell)
             delta = ours - cell["paper"]
-            status = "match" if abs(delta) <= tol + 1e-12 else "off"
-            rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status))
+            rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
+                                  **_exact_status(cell, abs(delta) <= tol + 1e-12)))
             params.append({"row": cell["row"], "params (M)": c.mparams, "multiply-adds (G)": c.gmacs})
         if spec.get("show_params"):
             self.extra_columns[table_id] = pd.DataFrame(params)
@@ -340,7 +351,7 @@ def write_scoreboard(report_root: Path) -> Path:
     frame = pd.DataFrame(rows, columns=["paper", "profile", "cells", *STATUSES])
     text = ["# Scoreboard", "",
             "Cells regenerated per paper and profile: `match` within the paper's tolerance, `off` outside "
-            "it, `reduced` measured at reduced scale (not comparable), `not_run` with its reason in the "
+            "it, `explained` outside it for a reason given in the paper's tables.md, `reduced` measured at reduced scale (not comparable), `not_run` with its reason in the "
             "paper's tables.md.", "", frame.to_markdown(index=False) if rows else "(no reports yet)", ""]
     out = Path(report_root) / "scoreboard.md"
     out.parent.mkdir(parents=True, exist_ok=True)

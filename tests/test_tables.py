@@ -43,6 +43,16 @@ def test_a_wrong_paper_value_is_off_and_fails_the_check(cfg):
         report.check()
 
 
+def test_an_explained_difference_is_shown_and_passes_the_check(cfg):
+    OmegaConf.update(cfg, "paper.tables.0.cells.2.paper", 4.1, force_add=False)
+    OmegaConf.update(cfg, "paper.tables.0.cells.2.explained", "a reason", force_add=True)
+    report = Report(cfg)
+    row = report.exact("table1").set_index("row").loc["ResNet-50"]
+    assert row["status"] == "explained" and row["note"].endswith("a reason") and row["delta"] < -0.2
+    report.check()
+    assert report.counts()["explained"] == 1
+
+
 def test_measured_reduced_cells_are_reduced_and_missing_ones_not_run(cfg):
     report = Report(cfg)
     frame = report.measured("table6_error", {"resnet20_cifar10": fake_result("resnet20_cifar10", 25.0)}).set_index("row")
@@ -96,7 +106,7 @@ def test_write_is_complete_and_updates_the_scoreboard(cfg, tmp_path):
     assert out == tmp_path / "reports" / "resnet" / "reduced"
     assert {p.name for p in out.iterdir()} == {"table1.csv", "table2.csv", "tables.md", "metrics.json"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["cells"] == {"match": 5, "off": 0, "reduced": 0, "not_run": 4, "cells": 9}
+    assert metrics["cells"] == {"match": 5, "off": 0, "explained": 0, "reduced": 0, "not_run": 4, "cells": 9}
     assert "| resnet  | reduced   |       9 |       5 |" in (tmp_path / "reports" / "scoreboard.md").read_text()
     assert not list(out.parent.glob(".*"))  # no partial folders left behind
     md = (out / "tables.md").read_text()

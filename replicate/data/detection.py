@@ -40,6 +40,7 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError, choices
 from . import transforms as T
+from .detection_augment import DetectionAugment
 from .tensor_datamodule import subset_indices
 
 DATASETS = ("voc2007", "voc2012", "voc0712", "coco", "synth_detection")
@@ -168,10 +169,11 @@ def batch_images(images: Sequence[torch.Tensor], size_divisible: int = 1) -> tup
 
 
 def build_transform(*, train: bool, min_size: int | None, max_size: int | None, flip: bool,
-                    normalize: str) -> v2.Compose:
+                    normalize: str, augment: DetectionAugment | None = None) -> v2.Compose:
     """Scale so the shorter side is `min_size` unless the longer one would exceed `max_size`
-    (Fast R-CNN Sec. 3.3's single scale: 600 / 1000; None keeps the stored size), flip
-    horizontally with probability 1/2 in training (Fast R-CNN Sec. 2.3), convert to float in
+    (Fast R-CNN Sec. 3.3's single scale: 600 / 1000; None keeps the stored size), in training
+    apply `augment`'s random scaling and translation (the YOLO papers), flip horizontally with
+    probability 1/2 (Fast R-CNN Sec. 2.3) and apply `augment`'s HSV jitter, convert to float in
     [0, 1] and subtract the ImageNet RGB mean (`channel_mean`; the pre-trained trunks' input)."""
     if normalize not in NORMALIZATIONS:
         raise ConfigError(f"data.normalize={normalize!r} is not supported.{choices(str(normalize), NORMALIZATIONS)}")
@@ -179,9 +181,13 @@ def build_transform(*, train: bool, min_size: int | None, max_size: int | None, 
     if min_size is not None:
         steps.append(v2.Resize(size=int(min_size), max_size=None if max_size is None else int(max_size),
                                antialias=True))
+    if train and augment is not None:
+        steps.extend(augment.geometric())
     if train and flip:
         steps.append(v2.RandomHorizontalFlip())
     steps.append(v2.ToDtype(torch.float32, scale=True))
+    if train and augment is not None:
+        steps.extend(augment.photometric())
     if normalize == "channel_mean":
         # Mean subtraction only, as the Caffe-trained trunks expect (unit std: no division).
         steps.append(v2.Normalize(mean=list(T.IMAGENET_RGB_MEAN), std=[1.0, 1.0, 1.0]))
@@ -231,6 +237,7 @@ class DetectionDataModule(L.LightningDataModule):
         max_size: int | None = PAPER_MAX_SIZE,
         flip: bool = True,
         normalize: str = "none",
+        augment: DetectionAugment | None = None,
         train_drop: Sequence[str] = ("difficult", "iscrowd"),
         train_subset: int | None = None,
         test_subset: int | None = None,
@@ -243,7 +250,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.class_names = list(class_names) if class_names is not None else None
         self.batch_size = int(batch_size)
         sizes = {"min_size": min_size, "max_size": max_size, "normalize": normalize}
-        self.train_tf = build_transform(train=True, flip=flip, **sizes)
+        self.train_tf = build_transform(train=True, flip=flip, augment=augment, **sizes)
         self.test_tf = build_transform(train=False, flip=False, **sizes)
         self.train_drop = tuple(train_drop)
         self.train_subset, self.test_subset = train_subset, test_subset
@@ -324,8 +331,9 @@ def _voc_factory(data_dir: Path, spec: str | Sequence[str], download: bool) -> C
 
 
 def build_detection_datamodule(data_cfg: Mapping, *, data_dir: str | Path, batch_size: int, seed: int = 0,
-                               num_workers: int = 0) -> DetectionDataModule:
-    """The datamodule `data_cfg` (conf/data/{voc2007,coco,synth_detection}.yaml) describes;
+                               num_workers: int = 0, augment: Mapping | None = None) -> DetectionDataModule:
+    """The datamodule `data_cfg` (conf/data/{voc2007,coco,synth_detection}.yaml) describes, with
+    the training augmentation `augment` (`recipe.detection_augment`, see `DetectionAugment`);
     nothing is read until `setup()` (the generated set is written then if absent)."""
     name = data_cfg.get("name", None)
     if name not in DATASETS:
@@ -339,6 +347,7 @@ def build_detection_datamodule(data_cfg: Mapping, *, data_dir: str | Path, batch
         raise ConfigError("data.num_classes is required (a positive integer).")
     if _positive("batch_size", batch_size) is None:
         raise ConfigError("batch_size must be a positive integer.")
+    train_augment = DetectionAugment.from_config(augment)
     data_dir = Path(data_dir)
     download = bool(data_cfg.get("download", False))
     train_spec, test_spec = data_cfg.get("train", None), data_cfg.get("test", None)
@@ -376,7 +385,7 @@ def build_detection_datamodule(data_cfg: Mapping, *, data_dir: str | Path, batch
         min_size=_positive("data.min_size", data_cfg.get("min_size", PAPER_MIN_SIZE)),
         max_size=_positive("data.max_size", data_cfg.get("max_size", PAPER_MAX_SIZE)),
         flip=bool(data_cfg.get("flip", True)), normalize=str(data_cfg.get("normalize", "none")),
-        train_drop=tuple(data_cfg.get("train_drop", ("difficult", "iscrowd"))),
+        augment=train_augment, train_drop=tuple(data_cfg.get("train_drop", ("difficult", "iscrowd"))),
         train_subset=_positive("data.train_subset", data_cfg.get("train_subset", None)),
         test_subset=_positive("data.test_subset", data_cfg.get("test_subset", None)),
         seed=seed, num_workers=num_workers,

@@ -72,19 +72,29 @@ def scaled(channels: int, width_mult: float) -> int:
     return max(1, round(channels * width_mult))
 
 
+# Darknet's activation names: leaky ReLU (slope 0.1), Mish, Swish (x sigmoid(x); YOLOv4 Table 2)
+# and "linear" (none).
+ACTIVATIONS = ("leaky", "mish", "swish", "linear")
+
+
 def make_activation(name: str) -> nn.Module:
     if name == "leaky":
         return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
     if name == "mish":
         return nn.Mish(inplace=True)
-    raise ValueError(f"activation={name!r}: allowed 'leaky' or 'mish'")
+    if name == "swish":
+        return nn.SiLU(inplace=True)
+    if name == "linear":
+        return nn.Identity()
+    raise ValueError(f"activation={name!r}: allowed {', '.join(repr(a) for a in ACTIVATIONS)}")
 
 
 class ConvBN(nn.Sequential):
     """Darknet's `[convolutional] batch_normalize=1`: convolution without bias, batch norm, activation."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, activation: str = "leaky"):
-        super().__init__(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False),
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, activation: str = "leaky",
+                 groups: int = 1):
+        super().__init__(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
                          nn.BatchNorm2d(out_ch), make_activation(activation))
 
 

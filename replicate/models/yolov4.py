@@ -44,7 +44,10 @@ model behind Tables 8-10, see below):
 * `mosaic`, `cutmix` (Sec. 3.3): applied to the training batch before resizing, by
   `replicate.data.detection_mix`; Mosaic is in the detector's bag of freebies, CutMix only in the
   backbone's (classifier) one.
-* `activation` "mish" | "leaky" for the backbone (Table 3, Table 6 "BoF-backbone + Mish").
+* `activation` "mish" | "leaky" | "swish" for the backbone (Tables 2-3, Table 6 "BoF-backbone + Mish").
+* `backbone` "cspdarknet53" | "cspresnext50" (`replicate.models.cspresnext`): the ablations of
+  Tables 4-6 use CSPResNeXt50-PANet-SPP, the same neck and head on CSPResNeXt-50's stride-8/16/32
+  maps (512, 1024, 2048 channels), as the released csresnext50-panet-spp.cfg builds it.
 
 Where the paper's Sec. 3.4 list and the released yolov4.cfg disagree (SAM, DIoU-NMS and Mish in
 the detector are listed, not used by the cfg; DropBlock is listed, absent from the cfg), the
@@ -65,6 +68,7 @@ from torch import Tensor, nn
 from torchvision.ops import drop_block2d
 
 from ._registry import register
+from .cspresnext import CSPResNeXt50
 from .yolov3 import (
     STRIDES,
     ConvBN,
@@ -166,17 +170,20 @@ class DropBlock(nn.Module):
 
 
 class YOLOv4Network(nn.Module):
-    """CSPDarknet53 + SPP + PAN + three YOLOv3 heads: [B, 3, S, S] -> raw maps at strides 8, 16, 32."""
+    """CSPDarknet53 (or CSPResNeXt-50) + SPP + PAN + three YOLOv3 heads: [B, 3, S, S] -> raw maps
+    at strides 8, 16, 32."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, width_mult: float = 1.0, anchors_per_scale: int = 3,
                  activation: str = "mish", mish_neck: bool = False, sam: bool = False, dropblock: float = 0.0,
-                 dropblock_size: int = 7):
+                 dropblock_size: int = 7, backbone: str = "cspdarknet53"):
         super().__init__()
         outputs = anchors_per_scale * (5 + num_classes)
         act = "mish" if mish_neck else "leaky"
         make_activation(activation)  # validates the name early
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone={backbone!r}: allowed {', '.join(repr(b) for b in BACKBONES)}")
         w = lambda c: scaled(c, width_mult)
-        self.backbone = CSPDarknet53(None, in_channels, width_mult, activation)
+        self.backbone = BACKBONES[backbone](None, in_channels, width_mult, activation)
         c3, c4, c5 = self.backbone.out_channels
         self.dropblock = DropBlock(dropblock, dropblock_size)
         self.pre_spp = nn.Sequential(ConvBN(c5, w(512), 1, activation=act), ConvBN(w(512), w(1024), 3, activation=act),
@@ -212,6 +219,10 @@ class YOLOv4Network(nn.Module):
         return [self.head3(n3), self.head4(n4), self.head5(n5)]
 
 
+# The detector's backbones: YOLOv4's, and the one of its ablations (Tables 4-6, "CSPResNeXt50-PANet-SPP").
+BACKBONES = {"cspdarknet53": CSPDarknet53, "cspresnext50": CSPResNeXt50}
+
+
 @register(input_size=(3, 512, 512))
 def cspdarknet53(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
                  activation: str = "mish") -> CSPDarknet53:
@@ -229,14 +240,16 @@ def yolov4(num_classes: int = 20, in_channels: int = 3, width_mult: float = 1.0,
            ignore_iou_of: str = "prediction", nms: str = "greedy", nms_threshold: float = 0.45,
            diou_beta: float = 0.6, mosaic: bool = True, cutmix: bool = False, score_threshold: float = 0.005,
            detections_per_image: int = 100, pre_nms_top_k: int = 1000,
-           multiscale_sizes: Sequence[int] | None = None, multiscale_every: int = 10) -> YOLODetector:
+           multiscale_sizes: Sequence[int] | None = None, multiscale_every: int = 10,
+           backbone: str = "cspdarknet53") -> YOLODetector:
     """YOLOv4 (Sec. 3.4): CSPDarknet53 + SPP + PAN + YOLOv3 head with its bag of freebies and
-    specials as knobs; 512 x 512 by default (Table 10 also evaluates 416 and 608)."""
+    specials as knobs; 512 x 512 by default (Table 10 also evaluates 416 and 608).
+    `backbone="cspresnext50"` is the ablations' CSPResNeXt50-PANet-SPP (Tables 4-6)."""
     anchors = [tuple(float(v) for v in a) for a in anchors]
     if isinstance(grid_sensitivity, (int, float)):
         grid_sensitivity = [float(grid_sensitivity)] * len(STRIDES)
     network = YOLOv4Network(num_classes, in_channels, width_mult, len(anchors) // len(STRIDES), activation,
-                            mish_neck, sam, dropblock, dropblock_size)
+                            mish_neck, sam, dropblock, dropblock_size, backbone)
     return YOLODetector(network, num_classes=num_classes, input_size=input_size, anchors=anchors,
                         anchor_scale=anchor_scale, box_loss=box_loss, box_loss_weight=box_loss_weight,
                         label_smoothing=label_smoothing, grid_sensitivity=list(grid_sensitivity),
