@@ -112,25 +112,32 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
             f"{choices(experiment, known)}"
         )
     substitute = {**(cfg.profile.get("substitute_data") or {}), **(cfg.profile.get("substitute_detection") or {})}
-    expanded, data = [], None
+    expanded, data, model = [], None, None
     for item in known[experiment]:
         key, value = item.split("=", 1)
         if key == "data" and value in substitute:
             value = substitute[value]
         if key == "data":
             data = value
+        if key == "model":
+            model = value
         expanded.append(f"{key}={value}")
     # The paper's own scale for this profile (e.g. the reduced profile's image size and widths
     # for networks designed for 224 px), after the experiment and before the user's overrides.
     # A paper with both kinds of experiment (YOLOv4: its classifier ablation and its detector)
-    # gives one list per kind: {classification: [...], detection: [...]}.
+    # gives one list per kind: {classification: [...], detection: [...]}; a paper whose
+    # experiments use several models (YOLOv2 Table 2's YOLOv1 columns) may give one per model
+    # config, which takes precedence over the kind's.
     scale = (cfg.paper.get("scale") or {}).get(profile) or []
     if not isinstance(scale, (list, ListConfig)):
-        unknown = set(scale) - {"classification", "detection"}
+        kinds = {"classification", "detection"}
+        unknown = set(scale) - kinds - set(groups()["model"])
         if unknown:
             raise ConfigError(f"conf/paper/{paper}.yaml: scale.{profile} has {sorted(unknown)}; a scale is a list of "
-                              "overrides, or {classification: [...], detection: [...]}.")
-        scale = scale.get("detection" if is_detection_data(data) else "classification") or []
+                              "overrides, or one per kind ({classification: [...], detection: [...]}) or per "
+                              "model config (conf/model/<name>.yaml).")
+        chosen = model if model in scale else ("detection" if is_detection_data(data) else "classification")
+        scale = scale.get(chosen) or []
     scale = list(scale)
     cfg = _hydra(base + expanded + scale + user)
     with _writable(cfg):

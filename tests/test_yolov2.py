@@ -336,3 +336,48 @@ def test_evaluation_returns_one_detection_dict_per_image():
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
         h, w = image.shape[-2:]
         assert (det["boxes"] >= 0).all() and (det["boxes"][:, 2] <= w).all() and (det["boxes"][:, 3] <= h).all()
+
+
+# -- Table 2's first columns: YOLOv1 with batch norm, anchor boxes on YOLOv1's and Darknet-19 -----
+
+def test_anchor_box_column_on_yolov1s_network_has_a_13_by_13_grid_at_416():
+    # Sec. 2: YOLOv1's network, one pooling layer fewer, 416 inputs; nine anchors per cell give
+    # "more than a thousand" boxes (13 x 13 x 9 = 1,521).
+    model = build("yolov2", trunk="yolov1", passthrough=False, hand_picked_anchors=True, width_mult=1 / 16)
+    raw = model.network(torch.zeros(1, 3, 416, 416))
+    assert tuple(raw.shape) == (1, 13, 13, 9, 25) and raw[0, ..., 0].numel() == 1521
+    network = model.network
+    assert sum(isinstance(m, nn.MaxPool2d) for m in network.modules()) == 3  # YOLOv1 has four
+    assert len(convs(network.backbone)) == 20 and len(convs(network.head)) == 4
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in network.modules()) == 24
+    # The pre-trained part keeps the names of YOLOv1's ImageNet trunk (with batch norm), so it loads.
+    trunk = build("yolov1_darknet_imagenet", batch_norm=True, width_mult=1 / 16).backbone
+    network.backbone.load_state_dict(trunk.state_dict())
+    with pytest.raises(ValueError, match="passthrough"):
+        build("yolov2", trunk="yolov1", width_mult=1 / 16)
+    with pytest.raises(ValueError, match="trunk"):
+        build("yolov2", trunk="resnet", width_mult=1 / 16)
+
+
+def test_hand_picked_anchors_are_faster_rcnns_nine_in_grid_cells():
+    from replicate.models.yolov2 import faster_rcnn_priors
+
+    model = build("yolov2", hand_picked_anchors=True, width_mult=1 / 16, input_size=416)
+    assert torch.equal(model.anchors, faster_rcnn_priors(416))
+    # 128, 256 and 512 pixels of a 600-pixel side are the same fractions of the 13-cell grid.
+    squares = model.anchors[model.anchors[:, 0] == model.anchors[:, 1], 0]
+    torch.testing.assert_close(squares, torch.tensor([128.0, 256.0, 512.0]) / 600 * 13)
+    assert sorted(torch.round(model.anchors[:, 0] / model.anchors[:, 1], decimals=3).tolist()) == [0.5] * 3 + [1.0] * 3 + [2.0] * 3
+
+
+def test_table_2_columns_compose_with_their_models_own_reduced_scale():
+    from replicate.config import compose
+
+    bn = compose("yolov2", "reduced", ["experiment=batchnorm_column"])
+    assert bn.model.name == "yolov1" and bn.model.batch_norm and bn.model.dropout == 0.0
+    assert bn.recipe.max_steps == 800 and bn.model.input_size == 128  # the yolov1 paper's reduced scale
+    anchors = compose("yolov2", "reduced", ["experiment=anchor_boxes_column"])
+    assert anchors.model.trunk == "yolov1" and anchors.model.hand_picked_anchors and not anchors.model.direct_location
+    assert not anchors.model.passthrough and not anchors.model.multiscale_enabled and anchors.recipe.max_steps == 400
+    full = compose("yolov2", "full", ["experiment=new_network_column"])
+    assert full.model.trunk == "darknet19" and full.model.input_size == 416 and full.recipe.max_steps == 41400

@@ -61,9 +61,12 @@ keeps the range for a config that scales it) trains at `input_size` only.
 Switches for Table 2's path from YOLO to YOLOv2: `passthrough=False` drops the fine-grained
 features; `direct_location=False` predicts centres as region proposal networks do (the anchor,
 centred in its cell, moved by t_x p_w, t_y p_h; squared error on t_x, t_y), the form Sec. 2
-replaces; `anchors` sets the priors (hand-picked or clustered); `multiscale=None` trains at one
-size; `darknet19`'s backbone pre-trained at 448 is the "hi-res classifier"; batch norm is always
-on here (YOLOv1's `batch_norm` switch builds the first column).
+replaces; `anchors` sets the priors (clustered), `hand_picked_anchors=True` takes Faster R-CNN's
+nine instead (`faster_rcnn_priors`); `multiscale=None` trains at one
+size; `darknet19`'s backbone pre-trained at 448 is the "hi-res classifier"; `trunk="yolov1"`
+builds the "convolutional with anchor boxes" column on YOLOv1's network (batch norm, one pool
+fewer, 416 -> 13 x 13); batch norm is always on here (YOLOv1's `batch_norm` switch builds the
+second column).
 
 Decoding: score = sigma(t_o) x Pr(class | object), boxes clipped to the image, per-class greedy
 NMS at 0.45, the `detections_per_image` best.
@@ -79,11 +82,14 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from ..ops.yolo import per_class_detections, to_network_input, to_network_targets
-from ..ops.kmeans_anchors import wh_iou
+from ..ops.kmeans_anchors import hand_picked_anchors, wh_iou
 from ._registry import register
-from .yolov1 import LEAKY_SLOPE, _cxcywh_to_xyxy, _one_per_key, _paired_iou, conv_block, scaled
+from .yolov1 import DETECTION as YOLOV1_DETECTION
+from .yolov1 import FEATURES as YOLOV1_FEATURES
+from .yolov1 import LEAKY_SLOPE, _cxcywh_to_xyxy, _one_per_key, _paired_iou, conv_block, make_layers, scaled
 
 STRIDE = 32  # five 2x2 max-pools
+PAPER_MIN_SIZE = 600  # Faster R-CNN's anchors are pixels of an image scaled to a 600-pixel shorter side
 # Table 6, (kernel, filters) or "M". Stage 1 ends with the last 3x3x512 layer (26 x 26 at 416),
 # where the passthrough starts; stage 2 is the last pool and the 1024-filter layers.
 STAGE1: tuple = ((3, 32), "M", (3, 64), "M", (3, 128), (1, 64), (3, 128), "M", (3, 256), (1, 128), (3, 256), "M",
@@ -163,14 +169,45 @@ def darknet19(**kw) -> Darknet19:
     return Darknet19(**kw)
 
 
+# Table 2's "convolutional with anchor boxes" column keeps YOLOv1's network (batch norm added) and
+# "eliminates one pooling layer" (Sec. 2): the last, for stride 32 (13 x 13 at 416).
+YOLOV1_LAST_POOL = max(i for i, item in enumerate(YOLOV1_FEATURES) if item == "M")
+TRUNKS = ("darknet19", "yolov1")
+
+
+def yolov1_trunk(in_channels: int, width_mult: float) -> tuple[nn.Sequential, nn.Sequential, int]:
+    """YOLOv1's 20 pre-trained and 4 detection convolutions with batch norm, the last max-pool
+    replaced by an identity (so that the layer names stay those of YOLOv1's pre-trained
+    convolutions): the pre-trained part, the detection part, their width."""
+    backbone, channels = make_layers(YOLOV1_FEATURES, in_channels, width_mult, batch_norm=True)
+    backbone[YOLOV1_LAST_POOL] = nn.Identity()
+    extra, channels = make_layers(YOLOV1_DETECTION, channels, width_mult, batch_norm=True)
+    return backbone, extra, channels
+
+
 class YOLOv2Network(nn.Module):
     """Image batch [N, C, s, s] -> raw predictions [N, s/32, s/32, A, 5 + C]
-    (t_x, t_y, t_w, t_h, t_o, class logits)."""
+    (t_x, t_y, t_w, t_h, t_o, class logits).
+
+    `trunk="yolov1"` is Table 2's fourth column: YOLOv1's convolutions with batch norm and one
+    pool fewer (`yolov1_trunk`), its four detection convolutions as the head, and the 1x1 output;
+    no passthrough (the column precedes it)."""
 
     def __init__(self, *, num_classes: int, num_anchors: int, in_channels: int = 3, width_mult: float = 1.0,
-                 passthrough: bool = True, passthrough_channels: int | None = None):
+                 passthrough: bool = True, passthrough_channels: int | None = None, trunk: str = "darknet19"):
         super().__init__()
         self.num_classes, self.num_anchors = int(num_classes), int(num_anchors)
+        if trunk not in TRUNKS:
+            raise ValueError(f"trunk={trunk!r}: allowed {', '.join(repr(t) for t in TRUNKS)}")
+        if trunk == "yolov1":
+            if passthrough:
+                raise ValueError("trunk='yolov1' has no 26 x 26 x 512 layer for the passthrough: set passthrough=False")
+            self.backbone, self.head, width = yolov1_trunk(in_channels, width_mult)
+            self.use_passthrough, self.passthrough, self.fuse = False, nn.Identity(), nn.Identity()
+            self.output = nn.Conv2d(width, self.num_anchors * (5 + self.num_classes), 1)
+            _init(self)
+            nn.init.normal_(self.output.weight, std=0.01)
+            return
         self.backbone = Darknet19Backbone(in_channels, width_mult)  # the ImageNet-pretrained part (Sec. 3)
         fine, channels = self.backbone.fine_channels, self.backbone.out_channels
         width = scaled(1024, width_mult)
@@ -191,13 +228,21 @@ class YOLOv2Network(nn.Module):
         nn.init.normal_(self.output.weight, std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
-        fine, x = self.backbone(x)
+        features = self.backbone(x)
+        fine, x = features if isinstance(features, tuple) else (None, features)
         x = self.head(x)
         if self.use_passthrough:
             x = torch.cat([self.reorg(self.passthrough(fine)), x], 1)
         x = self.fuse(x)
         n, _, h, w = x.shape
         return self.output(x).view(n, self.num_anchors, 5 + self.num_classes, h, w).permute(0, 3, 4, 1, 2)
+
+
+def faster_rcnn_priors(input_size: int) -> Tensor:
+    """Table 2's "anchor boxes" before dimension clusters: Faster R-CNN's nine hand-picked anchors
+    (Table 1's "Anchor Boxes"; 128, 256, 512 pixels of a 600-pixel side at 1:1, 1:2, 2:1) as the
+    same fractions of the image, in cells of the `input_size / 32` grid, [9, 2] (w, h)."""
+    return hand_picked_anchors() / PAPER_MIN_SIZE * (input_size / STRIDE)
 
 
 def multiscale_size(batch_index: int, sizes: Sequence[int], every: int, seed: int) -> int:
@@ -302,10 +347,13 @@ class YOLOv2(nn.Module):
                  multiscale_enabled: bool = True, multiscale_every: int = 10, multiscale_seed: int = 0, object_scale: float = 5.0,
                  noobject_scale: float = 1.0, coord_scale: float = 1.0, class_scale: float = 1.0,
                  ignore_threshold: float = 0.6, prior_images: int = 12800, prior_scale: float = 0.01,
-                 score_threshold: float = 0.005, nms_threshold: float = 0.45, detections_per_image: int = 100):
+                 score_threshold: float = 0.005, nms_threshold: float = 0.45, detections_per_image: int = 100,
+                 trunk: str = "darknet19", hand_picked_anchors: bool = False):
         super().__init__()
         if input_size % STRIDE:
             raise ValueError(f"input_size={input_size} must be a multiple of {STRIDE}")
+        if hand_picked_anchors:
+            anchors = faster_rcnn_priors(input_size).tolist()
         if multiscale is not None and multiscale_enabled:
             low, high = (int(v) for v in multiscale)
             if low % STRIDE or high % STRIDE or low > high:
@@ -325,7 +373,8 @@ class YOLOv2(nn.Module):
         self.detections_per_image = int(detections_per_image)
         self.network = YOLOv2Network(num_classes=self.num_classes, num_anchors=self.anchors.shape[0],
                                      in_channels=in_channels, width_mult=width_mult,
-                                     passthrough=passthrough, passthrough_channels=passthrough_channels)
+                                     passthrough=passthrough, passthrough_channels=passthrough_channels,
+                                     trunk=trunk)
         self.direct_location = bool(direct_location)
         # Training progress, saved with the weights so that a resumed run continues the same
         # multi-scale sequence and the anchor-prior term stops at the same image.
