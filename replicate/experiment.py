@@ -45,11 +45,32 @@ def run_dir(cfg: DictConfig) -> Path:
 
 def build_model(cfg: DictConfig):
     """The experiment's network, sized for the dataset in use (classes, input channels), with
-    Quant-Noise on its weights when `cfg.quant` asks for it (conf/quant/, replicate.quant)."""
+    Quant-Noise on its weights when `cfg.quant` asks for it (conf/quant/, replicate.quant).
+
+    `model.backbone_weights` (a state dict of the same network, e.g. written by `save_weights`)
+    starts it from trained weights: a fine-tuning run (YOLOv2's Darknet-19 at 448 from its 224
+    run, through `model.backbone_from`)."""
     from . import quant  # imported here: replicate.quant imports this module's neighbours
 
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
+    chain = ("backbone_weights", "backbone_from")
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", *chain)}
     model = models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
+    weights, source = cfg.model.get("backbone_weights"), cfg.model.get("backbone_from")
+    if source and not weights:
+        raise ConfigError(f"model.backbone_from={source!r} is resolved by replicate.experiment.run_all (the "
+                          f"notebook) or `python -m replicate run`, which train {source} first; here give "
+                          "model.backbone_weights=<state dict> instead.")
+    if weights:
+        path = Path(str(weights)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.backbone_weights={weights!r}: no such file. Give the path of a state dict of "
+                              f"{cfg.model.name} (experiment.save_weights writes one), or null to start afresh.")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state.get("state_dict", state))
+        except RuntimeError as error:
+            raise ConfigError(f"model.backbone_weights={weights!r} is not a state dict of this {cfg.model.name} "
+                              f"(same width and classes): {str(error).splitlines()[0]}") from None
     return quant.apply_training_noise(model, cfg.get("quant"))
 
 
@@ -178,23 +199,28 @@ def save_weights(result: dict, path: str | os.PathLike) -> Path:
 
 
 def with_backbone_from(cfg: DictConfig, paper: str, profile: str, overrides: Sequence[str] = (),
-                       results: dict[str, dict] | None = None) -> DictConfig:
+                       results: dict[str, dict] | None = None, _chain: tuple[str, ...] = ()) -> DictConfig:
     """`cfg` itself, or, when its `model.backbone_from` names another experiment of the paper
     (YOLOv4 Table 6: the detector from a Table 2 or 3 classifier), `cfg` composed again with
     `model.backbone_weights` set to that experiment's trained network. The source is taken from
     `results`, or run (a finished run is only loaded from its cache); its weights are written once,
-    atomically, as `backbone_weights.pt` in its run directory. A source that cannot run (missing
-    data) raises its `DatasetMissingError`."""
+    atomically, as `backbone_weights.pt` in its run directory; a source with a source of its own
+    (YOLOv2: the detector from Darknet-19 at 448, itself from the 224 run) is resolved first. A
+    source that cannot run (missing data) raises its `DatasetMissingError`."""
     source = cfg.model.get("backbone_from") if "model" in cfg else None
     if not source or cfg.model.get("backbone_weights"):
         return cfg
     known = cfg.paper.get("experiments") or {}
     if source not in known:
         raise ConfigError(f"model.backbone_from={source!r} is not an experiment of {paper}.{choices(source, known)}")
+    if source in _chain or source == cfg.get("experiment"):
+        raise ConfigError(f"model.backbone_from: {' -> '.join([*_chain, source])} goes round in a circle.")
     result = (results or {}).get(source)
     if result is None or "not_run" in result:
         try:
-            result = run(compose(paper, profile, [*overrides, f"experiment={source}"]))
+            upstream = compose(paper, profile, [*overrides, f"experiment={source}"])
+            chain = (*_chain, cfg.get("experiment") or "adhoc")
+            result = run(with_backbone_from(upstream, paper, profile, overrides, results, chain))
         except DatasetMissingError as exc:
             raise DatasetMissingError(f"{source}, whose network model.backbone_from starts this run from, cannot "
                                       f"run: {exc}") from exc

@@ -73,7 +73,8 @@ class ProposalDetectionTask(DetectionTask):
 def build_detector(cfg: DictConfig) -> torch.nn.Module:
     """The experiment's detector: `cfg.model` minus `name` (and the proposal settings) as the
     builder's keyword arguments, sized for the data set's classes. `backbone_weights` (a path)
-    loads ImageNet-trained weights into the part the papers pre-train (`_pretrained_part`)."""
+    loads ImageNet-trained weights into the part the papers pre-train (`_pretrained_part`): that
+    part's state dict, or a whole classifier's whose `backbone` it is."""
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
               if k not in ("name", "proposals", "backbone_weights", "backbone_from")}
     weights = cfg.model.get("backbone_weights")
@@ -89,7 +90,12 @@ def build_detector(cfg: DictConfig) -> torch.nn.Module:
             raise ConfigError(f"model.backbone_weights={weights!r}: no such file. Give the path of a state dict "
                               f"of {cfg.model.name}'s backbone trained on ImageNet, or null to start from scratch.")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = _pretrained_part(model).load_state_dict(state.get("state_dict", state), strict=False)
+        state, part = state.get("state_dict", state), _pretrained_part(model)
+        wanted = set(part.state_dict())
+        if not wanted <= set(state) and all(f"backbone.{k}" in state for k in wanted):
+            # A whole classifier (Darknet-19, YOLOv1's trunk: its trunk is its `backbone`).
+            state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        missing, unexpected = part.load_state_dict(state, strict=False)
         if missing:
             raise ConfigError(f"model.backbone_weights={weights!r} lacks {len(missing)} of the backbone's tensors "
                               f"(first: {missing[0]}); was it saved from {cfg.model.name}'s backbone?")

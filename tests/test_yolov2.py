@@ -381,3 +381,45 @@ def test_table_2_columns_compose_with_their_models_own_reduced_scale():
     assert not anchors.model.passthrough and not anchors.model.multiscale_enabled and anchors.recipe.max_steps == 400
     full = compose("yolov2", "full", ["experiment=new_network_column"])
     assert full.model.trunk == "darknet19" and full.model.input_size == 416 and full.recipe.max_steps == 41400
+
+
+# -- Sec. 3: Darknet-19 on ImageNet at 224, fine-tuned at 448, starts the detectors ---------------
+
+def test_darknet19_chain_from_224_to_448_to_the_detector(tmp_path):
+    """The full profile's chain on a fake Fashion-MNIST: the 448 run starts from the whole 224
+    network (experiment.build_model loads it), and the detector's backbone from the 448 one
+    (the classifier's `backbone` part)."""
+    from pathlib import Path
+
+    from replicate import experiment
+    from replicate.config import compose
+    from replicate.experiment_detection import build_detector
+    from tests.fakes import write_idx_fashion_mnist
+
+    write_idx_fashion_mnist(tmp_path / "data", n_train=64, n_test=16)
+    overrides = [f"paths.data_dir={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'runs'}", "model.width_mult=0.0625",
+                 "recipe.max_steps=2", "recipe.batch_size=16", "recipe.checkpoint_every_steps=2",
+                 "data.train_subset=64", "data.test_subset=16", "data.channels=1"]
+    full = compose("yolov2", "full", ["experiment=yolov2_voc0712"])
+    assert full.model.backbone_from == "darknet19_448"
+    assert compose("yolov2", "full", ["experiment=darknet19_448"]).model.backbone_from == "darknet19_224"
+    fine = compose("yolov2", "reduced", ["experiment=darknet19_448", *overrides])
+    fine = experiment.with_backbone_from(fine, "yolov2", "reduced", overrides)  # trains darknet19_224 (2 steps)
+    first = torch.load(fine.model.backbone_weights, weights_only=True)
+    classifier = experiment.build_model(fine)
+    assert all(torch.equal(v, first[k]) for k, v in classifier.state_dict().items())
+    result = experiment.run(fine)
+    assert result["steps"] == 2 and Path(result["run_dir"]).parent.name == "darknet19_448"
+    detector_cfg = compose("yolov2", "reduced", ["experiment=yolov2_voc0712", *overrides,
+                                                 "model.backbone_from=darknet19_448"])
+    detector = build_detector(experiment.with_backbone_from(detector_cfg, "yolov2", "reduced", overrides))
+    trained = torch.load(Path(result["run_dir"]) / "backbone_weights.pt", weights_only=True)
+    backbone = detector.network.backbone.state_dict()
+    assert all(torch.equal(v, trained[f"backbone.{k}"]) for k, v in backbone.items())
+    assert not torch.equal(trained["backbone.stage1.0.0.weight"], first["backbone.stage1.0.0.weight"])
+    from replicate.errors import ConfigError
+
+    circular = [*overrides, "model.backbone_from=darknet19_448"]
+    with pytest.raises(ConfigError, match="circle"):
+        experiment.with_backbone_from(compose("yolov2", "reduced", ["experiment=darknet19_224", *circular]),
+                                      "yolov2", "reduced", circular)
