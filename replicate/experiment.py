@@ -43,6 +43,25 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.run_dir) / cfg.paper.id / (cfg.experiment or "adhoc") / config_hash(cfg)
 
 
+def initial_weights(cfg: DictConfig) -> dict | None:
+    """The state dict `model.backbone_weights` names, or None without one. An unresolved
+    `model.backbone_from` and a missing file are `ConfigError`s that say what to do."""
+    weights, source = cfg.model.get("backbone_weights"), cfg.model.get("backbone_from")
+    if source and not weights:
+        raise ConfigError(f"model.backbone_from={source!r} is resolved by replicate.experiment.run_all (the "
+                          f"notebook) or `python -m replicate run`, which train {source} first; here give "
+                          "model.backbone_weights=<state dict> instead.")
+    if not weights:
+        return None
+    path = Path(str(weights)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.backbone_weights={weights!r}: no such file. Give the path of a state dict of "
+                          f"{cfg.model.name} or of the part it starts from (experiment.save_weights writes one), "
+                          "or null to start afresh.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
 def build_model(cfg: DictConfig):
     """The experiment's network, sized for the dataset in use (classes, input channels), with
     Quant-Noise on its weights when `cfg.quant` asks for it (conf/quant/, replicate.quant).
@@ -55,21 +74,13 @@ def build_model(cfg: DictConfig):
     chain = ("backbone_weights", "backbone_from")
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("name", *chain)}
     model = models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
-    weights, source = cfg.model.get("backbone_weights"), cfg.model.get("backbone_from")
-    if source and not weights:
-        raise ConfigError(f"model.backbone_from={source!r} is resolved by replicate.experiment.run_all (the "
-                          f"notebook) or `python -m replicate run`, which train {source} first; here give "
-                          "model.backbone_weights=<state dict> instead.")
-    if weights:
-        path = Path(str(weights)).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"model.backbone_weights={weights!r}: no such file. Give the path of a state dict of "
-                              f"{cfg.model.name} (experiment.save_weights writes one), or null to start afresh.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = initial_weights(cfg)
+    if state is not None:
         try:
-            model.load_state_dict(state.get("state_dict", state))
+            model.load_state_dict(state)
         except RuntimeError as error:
-            raise ConfigError(f"model.backbone_weights={weights!r} is not a state dict of this {cfg.model.name} "
+            raise ConfigError(f"model.backbone_weights={cfg.model.backbone_weights!r} is not a state dict of this "
+                              f"{cfg.model.name} "
                               f"(same width and classes): {str(error).splitlines()[0]}") from None
     return quant.apply_training_noise(model, cfg.get("quant"))
 

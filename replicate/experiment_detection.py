@@ -77,20 +77,13 @@ def build_detector(cfg: DictConfig) -> torch.nn.Module:
     part's state dict, or a whole classifier's whose `backbone` it is."""
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
               if k not in ("name", "proposals", "backbone_weights", "backbone_from")}
+    from .experiment import initial_weights
+
+    state = initial_weights(cfg)
     weights = cfg.model.get("backbone_weights")
-    source = cfg.model.get("backbone_from")
-    if source and not weights:
-        raise ConfigError(f"model.backbone_from={source!r} is resolved by replicate.experiment.run_all (the "
-                          f"notebook) or `python -m replicate run`, which train {source} first; here give "
-                          "model.backbone_weights=<state dict> instead.")
     model = models.build(cfg.model.name, num_classes=cfg.data.num_classes, in_channels=cfg.data.channels, **kwargs)
-    if weights:
-        path = Path(str(weights)).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"model.backbone_weights={weights!r}: no such file. Give the path of a state dict "
-                              f"of {cfg.model.name}'s backbone trained on ImageNet, or null to start from scratch.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state, part = state.get("state_dict", state), _pretrained_part(model)
+    if state is not None:
+        part = _pretrained_part(model)
         wanted = set(part.state_dict())
         if not wanted <= set(state) and all(f"backbone.{k}" in state for k in wanted):
             # A whole classifier (Darknet-19, YOLOv1's trunk: its trunk is its `backbone`).

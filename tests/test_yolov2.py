@@ -423,3 +423,10 @@ def test_darknet19_chain_from_224_to_448_to_the_detector(tmp_path):
     with pytest.raises(ConfigError, match="circle"):
         experiment.with_backbone_from(compose("yolov2", "reduced", ["experiment=darknet19_224", *circular]),
                                       "yolov2", "reduced", circular)
+    with pytest.raises(ConfigError, match="no such file"):
+        experiment.build_model(compose("yolov2", "reduced", ["experiment=darknet19_448", *overrides,
+                                                             f"model.backbone_weights={tmp_path / 'none.pt'}"]))
+    torch.save({"classifier.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="not a state dict of this darknet19"):
+        experiment.build_model(compose("yolov2", "reduced", ["experiment=darknet19_448", *overrides,
+                                                             f"model.backbone_weights={tmp_path / 'other.pt'}"]))
