@@ -17,11 +17,17 @@ def test_groups_present():
 def test_every_experiment_of_every_paper_composes(profile):
     for paper in groups()["paper"]:
         cfg = compose(paper, profile)
+        sources = {}
         for name in cfg.paper.experiments:
             exp = compose(paper, profile, [f"experiment={name}"])
             assert exp.experiment == name and exp.model.name and exp.recipe.max_steps > 0
-        for name in cfg.paper.runs[profile]:
+            sources[name] = exp.model.get("backbone_from")
+        runs = list(cfg.paper.runs[profile])
+        for name in runs:
             assert name in cfg.paper.experiments
+            # A run that starts from another's network (model.backbone_from) comes after it.
+            if sources[name]:
+                assert sources[name] in runs[:runs.index(name)], (paper, name, sources[name])
 
 
 def test_reduced_profile_substitutes_fashion_mnist_and_rescales():

@@ -107,7 +107,7 @@ def test_notebook_regenerates_its_tables_on_the_reduced_profile(paper, tmp_path,
     for table in exact:  # a difference the paper's conf explains is shown with its reason
         frame = pd.read_csv(out / f"{table}.csv")
         assert len(frame) and frame["status"].isin(["match", "explained"]).all(), frame[frame["status"] != "match"]
-        assert frame.loc[frame["status"] == "explained", "note"].str.len().gt(0).all()
+        assert frame.loc[frame["status"] == "explained", "note"].fillna("").astype(str).str.len().gt(0).all()
     for table in measured:
         frame = pd.read_csv(out / f"{table}.csv")
         assert set(frame["status"]) <= {"reduced", "not_run"}

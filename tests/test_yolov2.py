@@ -381,6 +381,16 @@ def test_table_2_columns_compose_with_their_models_own_reduced_scale():
     assert not anchors.model.passthrough and not anchors.model.multiscale_enabled and anchors.recipe.max_steps == 400
     full = compose("yolov2", "full", ["experiment=new_network_column"])
     assert full.model.trunk == "darknet19" and full.model.input_size == 416 and full.recipe.max_steps == 41400
+    # Each column starts from its own ImageNet trunk on the full profile, from scratch on the reduced one.
+    trunks = {"yolo_v1_column": "yolov1_trunk_224", "batchnorm_column": "yolov1_bn_trunk_224",
+              "hires_classifier_column": "yolov1_bn_trunk_448", "anchor_boxes_column": "yolov1_bn_trunk_448",
+              "new_network_column": "darknet19_448"}
+    for column, trunk in trunks.items():
+        assert compose("yolov2", "full", [f"experiment={column}"]).model.backbone_from == trunk
+        assert compose("yolov2", "reduced", [f"experiment={column}"]).model.backbone_from is None
+    fine = compose("yolov2", "full", ["experiment=yolov1_bn_trunk_448"])
+    assert fine.model.batch_norm and fine.data.image_size == 448 and fine.recipe.lr == 0.001
+    assert fine.model.backbone_from == "yolov1_bn_trunk_224"
 
 
 # -- Sec. 3: Darknet-19 on ImageNet at 224, fine-tuned at 448, starts the detectors ---------------

@@ -252,3 +252,19 @@ def test_bad_knobs_are_refused():
         models.build("yolov3", width_mult=0.0625, input_size=100)
     with pytest.raises(ValueError, match="ignore_iou_of"):
         models.build("yolov3", width_mult=0.0625, ignore_iou_of="anchor")
+
+
+def test_the_full_profile_trains_table_2s_classifiers_and_starts_the_detector_from_darknet53():
+    from replicate.config import compose
+
+    detector = compose("yolov3", "full", ["experiment=yolov3_coco"])
+    assert detector.model.backbone_from == "darknet53_256"
+    classifier = compose("yolov3", "full", ["experiment=darknet53_256"])
+    assert classifier.model.name == "darknet53" and classifier.data.image_size == 256 and classifier.data.eval_crops == 1
+    assert {compose("yolov3", "full", [f"experiment={n}"]).model.name
+            for n in ("darknet19_256", "resnet101_256", "resnet152_256")} == {"darknet19", "resnet101", "resnet152"}
+    assert compose("yolov3", "reduced", ["experiment=yolov3_coco"]).model.backbone_from is None
+    # The classifier's layers carry the detector backbone's names (its 1000-way layer is left over).
+    trained = models.build("darknet53", width_mult=1 / 16).state_dict()
+    backbone = models.build("yolov3", num_classes=3, width_mult=1 / 16).network.backbone.state_dict()
+    assert set(backbone) < set(trained) and all(trained[k].shape == v.shape for k, v in backbone.items())
