@@ -125,7 +125,17 @@ def pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int = 
     The inputs are prepared as the detector's (`subtract_mean`: the data's `channel_mean`
     normalisation; YOLO's inputs stay in [0, 1]); a trunk that returns several feature maps
     (YOLOv3/v4's backbones) is classified from its last, deepest one.
-    Returns the pre-training's final accuracy on its batches and its duration."""
+    Returns the pre-training's final accuracy on its batches and its duration.
+
+    It draws from its own random stream (seeded by `seed`) and leaves the global one as it found
+    it, so the detector trained afterwards is the same whether its trunk was pre-trained in this
+    process or loaded from the cache (`pretrained_trunk`)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return _pretrain_trunk(trunk, spec, data_dir, seed, subtract_mean)
+
+
+def _pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int, subtract_mean: bool) -> dict:
     import torch.nn.functional as F
 
     from .data import fashion_mnist

@@ -142,10 +142,20 @@ class Report:
     def measured(self, table_id: str, results: Mapping[str, dict], *, record_runs: bool = True) -> pd.DataFrame:
         """Cells from experiment results (`results[cell.experiment][quantity]`). Results that are
         not training runs (e.g. statistics of a data set, YOLOv2 Table 1) pass `record_runs=False`
-        to stay out of the report's run list and floors; they may carry a `summary` for the note."""
+        to stay out of the report's run list and floors; they may carry a `summary` for the note.
+
+        A table whose `measured_on` lists profiles is `not_run` on the others, with its
+        `not_run_because` reason, even where a cell's experiment ran (YOLOv4 Table 6: the reduced
+        detector is the same experiment, but not started from a classifier)."""
         spec = self.spec(table_id)
         if record_runs:
             self.runs.update(results)
+        if self.profile not in spec.get("measured_on", [self.profile]):
+            reason = (spec.get("not_run_because") or {}).get(self.profile)
+            if not reason:
+                raise ConfigError(f"table {table_id}: measured_on {spec['measured_on']} needs a "
+                                  f"not_run_because.{self.profile} reason.")
+            return self.not_run(table_id, reason)
         planned = set(self.paper.runs[self.profile])
         rows = []
         for cell in spec["cells"]:

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from replicate.config import compose
-from replicate.errors import ExactTableMismatch, FloorNotMet
+from replicate.errors import ConfigError, ExactTableMismatch, FloorNotMet
 from replicate.tables import COLUMNS, Report, rounding_tolerance, write_scoreboard
 
 
@@ -51,6 +51,18 @@ def test_an_explained_difference_is_shown_and_passes_the_check(cfg):
     assert row["status"] == "explained" and row["note"].endswith("a reason") and row["delta"] < -0.2
     report.check()
     assert report.counts()["explained"] == 1
+
+
+def test_a_table_measured_on_other_profiles_is_not_run_here_even_with_results(cfg):
+    index = [t.id for t in cfg.paper.tables].index("table6_error")
+    OmegaConf.update(cfg, f"paper.tables.{index}.measured_on", ["full"], force_add=True)
+    OmegaConf.update(cfg, f"paper.tables.{index}.not_run_because", {}, merge=False, force_add=True)
+    results = {"resnet20_cifar10": fake_result("resnet20_cifar10", 25.0)}
+    with pytest.raises(ConfigError, match="not_run_because.reduced"):
+        Report(cfg).measured("table6_error", results)
+    OmegaConf.update(cfg, f"paper.tables.{index}.not_run_because", {"reduced": "full profile only"}, merge=False)
+    frame = Report(cfg).measured("table6_error", results)
+    assert (frame["status"] == "not_run").all() and frame["note"].str.endswith("full profile only").all()
 
 
 def test_measured_reduced_cells_are_reduced_and_missing_ones_not_run(cfg):

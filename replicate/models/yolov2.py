@@ -204,25 +204,22 @@ class YOLOv2Network(nn.Module):
                 raise ValueError("trunk='yolov1' has no 26 x 26 x 512 layer for the passthrough: set passthrough=False")
             self.backbone, self.head, width = yolov1_trunk(in_channels, width_mult)
             self.use_passthrough, self.passthrough, self.fuse = False, nn.Identity(), nn.Identity()
-            self.output = nn.Conv2d(width, self.num_anchors * (5 + self.num_classes), 1)
-            _init(self)
-            nn.init.normal_(self.output.weight, std=0.01)
-            return
-        self.backbone = Darknet19Backbone(in_channels, width_mult)  # the ImageNet-pretrained part (Sec. 3)
-        fine, channels = self.backbone.fine_channels, self.backbone.out_channels
-        width = scaled(1024, width_mult)
-        self.head = nn.Sequential(conv_block(channels, width, 3, batch_norm=True),
-                                  conv_block(width, width, 3, batch_norm=True))
-        self.use_passthrough = bool(passthrough)
-        if passthrough and passthrough_channels:
-            # yolo-voc.cfg's 1x1 reduction before the reorganisation.
-            self.passthrough = conv_block(fine, scaled(passthrough_channels, width_mult), 1, batch_norm=True)
-            fine = scaled(passthrough_channels, width_mult)
         else:
-            self.passthrough = nn.Identity()
-        # Sec. 2 "Fine-Grained Features": adjacent 2x2 features stacked into channels.
-        self.reorg = nn.PixelUnshuffle(2)
-        self.fuse = conv_block((4 * fine if passthrough else 0) + width, width, 3, batch_norm=True)
+            self.backbone = Darknet19Backbone(in_channels, width_mult)  # the ImageNet-pretrained part (Sec. 3)
+            fine, channels = self.backbone.fine_channels, self.backbone.out_channels
+            width = scaled(1024, width_mult)
+            self.head = nn.Sequential(conv_block(channels, width, 3, batch_norm=True),
+                                      conv_block(width, width, 3, batch_norm=True))
+            self.use_passthrough = bool(passthrough)
+            if passthrough and passthrough_channels:
+                # yolo-voc.cfg's 1x1 reduction before the reorganisation.
+                self.passthrough = conv_block(fine, scaled(passthrough_channels, width_mult), 1, batch_norm=True)
+                fine = scaled(passthrough_channels, width_mult)
+            else:
+                self.passthrough = nn.Identity()
+            # Sec. 2 "Fine-Grained Features": adjacent 2x2 features stacked into channels.
+            self.reorg = nn.PixelUnshuffle(2)
+            self.fuse = conv_block((4 * fine if passthrough else 0) + width, width, 3, batch_norm=True)
         self.output = nn.Conv2d(width, self.num_anchors * (5 + self.num_classes), 1)
         _init(self)
         nn.init.normal_(self.output.weight, std=0.01)
