@@ -51,6 +51,9 @@ def _split(overrides: Sequence[str]) -> tuple[str | None, list[str]]:
     """Pull `experiment=NAME` out of the overrides and check the group choices in the rest."""
     experiment, rest = None, []
     for item in overrides:
+        if isinstance(item, str) and item.startswith("~") and "=" not in item:  # Hydra's deletion: ~key
+            rest.append(item)
+            continue
         if not isinstance(item, str) or "=" not in item:
             raise ConfigError(
                 f"Override {item!r} is not of the form key=value (e.g. 'recipe.max_steps=100', 'data=cifar10')."
@@ -100,10 +103,13 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
     experiment, user = _split(list(overrides))
     base = [f"paper={paper}", f"profile={profile}"]
     if experiment is None:
-        return _anchor_paths(_hydra(base + user))
+        cfg = _anchor_paths(_hydra(base + user))
+        check_floors(cfg)
+        return cfg
     # First the paper and profile alone (the user's overrides may name keys that only the
     # experiment's groups have), then everything in order: experiment, then the user's.
     cfg = _hydra(base)
+    check_floors(cfg)
 
     known = cfg.paper.get("experiments") or {}
     if experiment not in known:
@@ -145,6 +151,26 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
     return _anchor_paths(cfg)
 
 
+def check_floors(cfg: DictConfig) -> None:
+    """A profile that has floors floors every run it plans, and only those: a planned run without
+    one could fail unnoticed, and a floor naming no planned run checks nothing."""
+    paper = cfg.paper
+    for profile, floors in (paper.get("floors") or {}).items():
+        planned = list((paper.get("runs") or {}).get(profile) or [])
+        floors = dict(floors or {})
+        extra = [name for name in floors if name not in planned]
+        missing = [name for name in planned if name not in floors]
+        if extra or missing:
+            raise ConfigError(
+                f"conf/paper/{paper.id}.yaml: floors.{profile} must name exactly the runs of runs.{profile}"
+                + (f"; it names {extra}, which runs.{profile} does not plan" if extra else "")
+                + (f"; it has no floor for {missing}" if missing else "") + ".")
+        bad = {name: value for name, value in floors.items()
+               if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1}
+        if bad:
+            raise ConfigError(f"conf/paper/{paper.id}.yaml: floors.{profile} are fractions in (0, 1), not {bad}.")
+
+
 def is_detection_data(name: str | None) -> bool:
     """Whether the data config `name` is a detection set (scored by mAP, `replicate.experiment_detection`)."""
     from .data.detection import DATASETS
@@ -184,7 +210,8 @@ class _writable:
 _RESULT_KEYS = ("experiment", "seed", "data", "model", "recipe", "quant", "trainer", "speed")
 _NON_RESULT_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps",
                             "accelerator", "devices", "num_nodes", "strategy")
-_TRAINING_CODE = ("models", "tasks", "data", "quant", "ops", "experiment.py", "experiment_detection.py", "proposals.py")
+_TRAINING_CODE = ("models", "tasks", "data", "quant", "ops", "experiment.py", "experiment_detection.py", "proposals.py",
+                  "determinism.py")
 
 
 def code_fingerprint() -> str:
@@ -208,6 +235,7 @@ def run_spec(cfg: DictConfig) -> dict:
     for key in _NON_RESULT_TRAINER_KEYS:
         spec["trainer"].pop(key, None)
     spec["paper"] = cfg.paper.id
+    spec["threads"] = cfg.profile.get("threads")  # a reduction split over other threads rounds differently
     spec["code"] = code_fingerprint()
     return spec
 

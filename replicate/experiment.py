@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from . import models
+from . import determinism, models
 from .complexity import count_params
 from .config import compose, config_hash
 from .data import build_datamodule
@@ -128,7 +128,7 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
     if force:  # start clean: no stale checkpoint to resume from, no old curves to merge
         shutil.rmtree(directory, ignore_errors=True)
     _quiet_lightning()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    determinism.prepare(cfg)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     recipe = cfg.recipe
@@ -179,6 +179,7 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
         "train_seconds": round(train_seconds, 2),
         "resumed_from_step": resumed_step,
         "run_dir": str(directory),
+        **determinism.machine(),
     }
     if trainer.is_global_zero:
         tmp = result_path.with_suffix(".json.tmp")
@@ -265,6 +266,11 @@ def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments
             how = "cached" if result["cached"] else f"trained {result['steps']} steps in {result['train_seconds']:.0f} s"
             score = (f"test mAP {result['test_map']:.2f}%" if "test_map" in result
                      else f"test top-1 error {result['test_top1_err']:.2f}%")
+            if "test_map_50" in result:
+                score += f", AP@0.5 {result['test_map_50']:.2f}%"
+            if "untrained_map" in result:  # the detector's chance level, before its detection training
+                chance = result.get("untrained_map_50", result["untrained_map"])
+                score += f" (untrained: {chance:.2f}%)"
             print(f"{name:<22} {how:<28} {score}")
     return results
 

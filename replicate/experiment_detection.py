@@ -38,7 +38,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from . import models
+from . import determinism, models
 from .complexity import count_params
 from .config import config_hash
 from .data.detection import DATASETS, build_detection_datamodule
@@ -252,7 +252,7 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
     if force:
         shutil.rmtree(directory, ignore_errors=True)
     _quiet_lightning()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    determinism.prepare(cfg)
     recipe = cfg.recipe
     training = recipe.get("training", "joint")
     if training not in TRAINING_SCHEMES:
@@ -285,6 +285,7 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    untrained = score_untrained(cfg, model, task_class, datamodule, directory)
     timer = _StepTimer()
 
     def fit(model: torch.nn.Module, stage_recipe, checkpoints: Path, logs: str = "logs"):
@@ -365,7 +366,8 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
         "train_seconds": round(train_seconds, 2), "seconds_per_step": _step_seconds(timer.times[5:] or timer.times),
         "cpu_seconds_per_step": _step_seconds(timer.cpu_times[5:] or timer.cpu_times),
         "test_seconds": round(test_seconds, 2), "test_images": len(task.detections["test"][1]),
-        "resumed_from_step": resumed_step, "run_dir": str(directory), **pretrained, **post_hoc,
+        "resumed_from_step": resumed_step, "run_dir": str(directory), **pretrained, **post_hoc, **untrained,
+        **determinism.machine(),
     }
     if trainer.is_global_zero:
         torch.save([{k: v for k, v in p.items() if k in ("boxes", "scores", "labels")} for p in predictions],
@@ -374,6 +376,29 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, result_path)
     return {**result, "cached": False}
+
+
+def score_untrained(cfg: DictConfig, model: torch.nn.Module, task_class, datamodule, directory: Path) -> dict:
+    """The detector's test score before its detection training (its trunk pre-trained where the
+    recipe pre-trains it): the chance level a floor must stand well above. Scored once, when the
+    run starts, and kept in the run folder for a resumed run; it draws nothing from the random
+    streams the training uses."""
+    path = directory / "untrained.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    task = task_class(model, cfg.recipe, num_classes=cfg.data.num_classes, protocol=cfg.data.get("protocol", "voc07"))
+    trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(directory))
+    with torch.random.fork_rng(devices=[]):
+        trainer.test(task, datamodule=datamodule, verbose=False)
+    model.train()
+    scored = task.results["test"]
+    score = {f"untrained_{k}": 100.0 * float(scored[k]) for k in ("map", "map_50") if k in scored}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(score))
+    os.replace(tmp, path)
+    return score
 
 
 TRAINING_SCHEMES = ("joint", "alternating")

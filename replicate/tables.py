@@ -2,9 +2,16 @@
 
 Every compared cell becomes one row of a long-form table with the columns `COLUMNS`; `status`
 is `match` (within tolerance), `off` (outside it), `explained` (an exact cell outside it whose
-`explained` entry in the paper's conf says why: the reason goes to `note`, and `check` lets it
-pass), `reduced` (measured on the reduced profile, not comparable to the paper) or `not_run`
-(with the reason in `note`). The paper's numbers and tolerances come from `conf/paper/<id>.yaml`.
+`explained: {reason, delta, bound}` entry in the paper's conf says why and by how much: the
+reason goes to `note`, and the cell is `explained` only while its gap stays within `bound` of
+the expected `delta`, else `off`), `reduced` (measured on the reduced profile, not comparable to
+the paper) or `not_run` (with the reason in `note`). The paper's numbers and tolerances come from
+`conf/paper/<id>.yaml`.
+
+An exact cell's tolerance is the printed rounding (`tolerance: rounding`: half a unit of the last
+printed digit) or tighter; a wider one must quote the text's own approximation
+(`approximation: "about 20,000"`), since a tolerance fitted to our gap would call a difference
+a reproduction.
 """
 
 from __future__ import annotations
@@ -42,20 +49,49 @@ def _tolerance(spec: Mapping, cell: Mapping) -> float:
     tol = cell.get("tolerance", spec.get("tolerance"))
     if tol == "rounding":
         return rounding_tolerance(cell["paper"])
-    if not isinstance(tol, (int, float)):
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool):
         raise ConfigError(f"table {spec['id']}: tolerance must be a number or 'rounding', not {tol!r}")
     return float(tol)
 
 
+def _exact_tolerance(spec: Mapping, cell: Mapping) -> float:
+    """An exact cell's tolerance: at most the printed rounding, unless the cell (or its table)
+    quotes the text's own approximation (`approximation: "~25 M"`)."""
+    tol = _tolerance(spec, cell)
+    rounding = rounding_tolerance(cell["paper"])
+    if tol > rounding + 1e-12 and not (cell.get("approximation") or spec.get("approximation")):
+        raise ConfigError(
+            f"table {spec['id']}, row {cell['row']!r}: tolerance {tol:g} is wider than the printed rounding "
+            f"{rounding:g} of {cell['paper']}. Use tolerance: rounding; quote the text's own approximation as "
+            "approximation: \"...\" where the paper gives one; a wider gap is explained: {reason, delta, bound}.")
+    return tol
 
-def _exact_status(cell: Mapping, within: bool) -> dict[str, str]:
-    """`match` within tolerance; outside it `explained` when the cell says why (the reason joins
-    its note), else `off`."""
-    if within:
+
+def explanation(spec: Mapping, cell: Mapping) -> dict | None:
+    """A cell's `explained` entry, checked: {reason: str, delta: expected ours - paper, bound: how far
+    the gap may stray from `delta` (default: half a unit of the last digit printed in `delta`)}."""
+    entry = cell.get("explained")
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping) or not entry.get("reason") or not isinstance(entry.get("delta"), (int, float)):
+        raise ConfigError(f"table {spec['id']}, row {cell['row']!r}: explained must be {{reason: <why ours differs>, "
+                          f"delta: <the expected difference ours - paper>, bound: <optional>}}, not {entry!r}.")
+    bound = entry.get("bound", rounding_tolerance(entry["delta"]))
+    return {"reason": str(entry["reason"]), "delta": float(entry["delta"]), "bound": float(bound)}
+
+
+def _exact_status(spec: Mapping, cell: Mapping, delta: float, tol: float) -> dict[str, str]:
+    """`match` within tolerance; outside it `explained` when the cell says why and its gap is the
+    expected one (within the bound), else `off` (with the broken expectation in the note)."""
+    if abs(delta) <= tol + 1e-9:
         return {"status": "match"}
-    if cell.get("explained"):
-        return {"status": "explained", "note": _join(cell.get("note"), cell["explained"])}
-    return {"status": "off"}
+    why = explanation(spec, cell)
+    if why is None:
+        return {"status": "off"}
+    expected = f"expected delta {why['delta']:g} ± {why['bound']:g}"
+    if abs(delta - why["delta"]) <= why["bound"] + 1e-9:
+        return {"status": "explained", "note": _join(cell.get("note"), f"{why['reason']} ({expected})")}
+    return {"status": "off", "note": _join(cell.get("note"), f"{expected}, not met: {why['reason']}")}
 
 class Report:
     """Collects one paper's regenerated tables, plots and checks for one profile."""
@@ -116,10 +152,10 @@ class Report:
         for cell in spec["cells"]:
             if counter is not None:
                 ours = float(counter(cell, spec))
-                tol = _tolerance(spec, cell)
+                tol = _exact_tolerance(spec, cell)
                 delta = ours - cell["paper"]
                 rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
-                                      **_exact_status(cell, abs(delta) <= tol + 1e-9)))
+                                      **_exact_status(spec, cell, delta, tol)))
                 continue
             kwargs = {**spec.get("model_kwargs", {}), **cell.get("model_kwargs", {})}
             input_size = cell.get("input_size", spec.get("input_size"))
@@ -129,10 +165,10 @@ class Report:
                                   f"{', '.join(QUANTITIES)}.")
             c = self.complexity(cell["model"], input_size, cell.get("module"), **kwargs)
             ours = float(getattr(c, quantity))
-            tol = _tolerance(spec, cell)
+            tol = _exact_tolerance(spec, cell)
             delta = ours - cell["paper"]
             rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
-                                  **_exact_status(cell, abs(delta) <= tol + 1e-12)))
+                                  **_exact_status(spec, cell, delta, tol)))
             params.append({"row": cell["row"], "params (M)": c.mparams, "multiply-adds (G)": c.gmacs})
         if spec.get("show_params"):
             self.extra_columns[table_id] = pd.DataFrame(params)
@@ -174,7 +210,8 @@ class Report:
                 rows.append(self._row(spec, cell, ours=None, delta=None, tolerance=tol, status="not_run",
                                       note=_join(cell.get("note"), reason)))
                 continue
-            ours = result[quantity]
+            ours = result.get(quantity)
+            ours = float(ours) if isinstance(ours, (int, float)) else float("nan")  # a missing value shows as NaN
             delta = ours - cell["paper"]
             if result.get("profile", self.profile) != "full":
                 status = "reduced"
@@ -269,9 +306,13 @@ class Report:
 
     # -- checks ------------------------------------------------------------------------------------
     def check(self) -> None:
-        """Fail on any exact cell off its tolerance, and on any run below its profile's floor."""
+        """Fail on any exact cell off its tolerance (or off the bound of its explanation), and on
+        any floored run (every planned run of a profile with floors: `config.check_floors`) that
+        is missing from the report, did not run, trained no step, scored NaN or scored below its
+        floor, or whose floor is not `CHANCE_MARGIN` times its untrained network's score."""
         exact_ids = {s.id for s in self.paper.get("tables") or [] if s.kind == "exact"}
         off = [f"{r.table} / {r.row}: paper {r.paper}, ours {r.ours:.4g} (tolerance {r.tolerance:g})"
+               + (f"; {r.note}" if isinstance(r.note, str) and "not met" in r.note else "")
                for t, f in self.frames.items() if t in exact_ids for r in f.itertuples() if r.status == "off"]
         if off:
             raise ExactTableMismatch("Exact cells outside their tolerance:\n  " + "\n  ".join(off))
@@ -279,13 +320,24 @@ class Report:
         low = []
         for name, floor in floors.items():
             run = self.runs.get(name)
-            if run is None or "not_run" in run:
+            if run is None:
+                low.append(f"{name}: planned, but the report has no result for it (the notebook did not run it)")
                 continue
-            what, score = _floor_score(run)
-            if score < floor:
+            if "not_run" in run:
+                low.append(f"{name}: planned, but not run: {str(run['not_run']).splitlines()[0]}")
+                continue
+            if not run.get("steps"):
+                low.append(f"{name}: planned, but trained {run.get('steps')} steps")
+                continue
+            what, score = floor_score(run)
+            if not score >= floor:  # NaN fails too
                 low.append(f"{name}: {what} {100 * score:.2f}% < floor {100 * floor:g}%")
+            chance = untrained_score(run)
+            if chance is not None and not floor >= CHANCE_MARGIN * chance:
+                low.append(f"{name}: floor {100 * floor:g}% is not {CHANCE_MARGIN}x the untrained network's "
+                           f"{what} {100 * chance:.2f}%: it would not tell a detector that learned from one that did not")
         if low:
-            raise FloorNotMet("Runs below their floor (conf/paper/%s.yaml: floors):\n  %s"
+            raise FloorNotMet("Planned runs that do not clear their floor (conf/paper/%s.yaml: runs, floors):\n  %s"
                               % (self.paper.id, "\n  ".join(low)))
 
     def counts(self) -> dict[str, int]:
@@ -369,18 +421,36 @@ def write_scoreboard(report_root: Path) -> Path:
     return out
 
 
-def _floor_score(run: Mapping) -> tuple[str, float]:
-    """What a run's floor is checked against: test mAP for a detector, test top-1 accuracy for a
-    classifier (fractions of 1, as `floors` in conf/paper/<id>.yaml)."""
+def floor_score(run: Mapping) -> tuple[str, float]:
+    """What a run's floor is checked against: test mAP for a detector (AP@0.5 under the COCO
+    protocol), test top-1 accuracy for a classifier (fractions of 1, as `floors` in
+    conf/paper/<id>.yaml); NaN where the result lacks it."""
+    def score(key: str) -> float:
+        value = run.get(key)
+        return float(value) if isinstance(value, (int, float)) else float("nan")
+
+    if "test_map_50" in run:  # COCO protocol (YOLOv3, YOLOv4): AP at IoU 0.5, the VOC07 threshold
+        return "test AP@0.5", score("test_map_50") / 100
     if "test_map" in run:
-        return "test mAP", run["test_map"] / 100
-    return "test accuracy", (100 - run["test_top1_err"]) / 100
+        return "test mAP", score("test_map") / 100
+    return "test accuracy", (100 - score("test_top1_err")) / 100
+
+
+CHANCE_MARGIN = 5  # a floor stands at least this many times above the untrained network's score
+
+
+def untrained_score(run: Mapping) -> float | None:
+    """The untrained network's score on the floor's metric (fraction of 1), where the run measured
+    it (detectors: `experiment_detection.score_untrained`)."""
+    key = "untrained_map_50" if "test_map_50" in run else "untrained_map"
+    value = run.get(key)
+    return float(value) / 100 if isinstance(value, (int, float)) else None
 
 
 def _run_columns(runs: Mapping[str, Mapping]) -> tuple[str, ...]:
     """The result fields shown per run: detection metrics for detectors, errors for classifiers
     (both where a paper has both, as YOLOv4's classifier ablation beside its detector)."""
-    detection = ("test_map", "test_map_50", "test_map_75")
+    detection = ("test_map", "test_map_50", "test_map_75", "untrained_map", "untrained_map_50")
     classification = ("test_top1_err", "test_top5_err", "train_err_final")
     has_map = any("test_map" in r for r in runs.values())
     has_err = any("test_top1_err" in r for r in runs.values())

@@ -111,7 +111,10 @@ def test_exact_counter_counts_anchors_weights_and_svd(isolated_paths):
     assert frame.loc["anchors, 1000 x 600 image", "ours"] == 20646
     assert frame.loc["RPN proposal layers (x10^6 weights)", "ours"] == pytest.approx(2.386944)
     assert (frame["status"] == "match").all()
-    report.check()  # exact rows are checked like Report.exact's
+    # Exact rows are checked like Report.exact's (first): they pass, and the check then stops at
+    # the planned run this report lacks.
+    with pytest.raises(FloorNotMet, match="faster_rcnn_voc07: planned, but the report has no result"):
+        report.check()
     report.paper.tables[2].cells[0].paper = 30000
     report.exact("rpn_sizes", counter=exact_value)
     with pytest.raises(Exception, match="anchors"):
@@ -144,7 +147,7 @@ def test_map_floors_are_checked_by_the_report(isolated_paths):
     floor = cfg.paper.floors.reduced.faster_rcnn_voc07
     for test_map, fails in ((100.0 * floor + 1, False), (100.0 * floor - 1, True)):
         report = Report(cfg)
-        report.runs["faster_rcnn_voc07"] = {"test_map": test_map}
+        report.runs["faster_rcnn_voc07"] = {"test_map": test_map, "steps": 600}
         if fails:
             with pytest.raises(FloorNotMet, match="faster_rcnn_voc07: test mAP"):
                 report.check()
@@ -152,7 +155,8 @@ def test_map_floors_are_checked_by_the_report(isolated_paths):
             report.check()
     report = Report(cfg)
     report.runs["faster_rcnn_voc07"] = {"not_run": "missing"}
-    report.check()
+    with pytest.raises(FloorNotMet, match="faster_rcnn_voc07: planned, but not run: missing"):
+        report.check()
 
 
 def test_classification_runs_are_not_detection():

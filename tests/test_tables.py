@@ -30,8 +30,8 @@ def test_exact_tables_match_the_paper(cfg):
     for table in ("table1", "table6_params"):
         frame = report.exact(table)
         assert list(frame.columns) == COLUMNS
-        assert (frame["status"] == "match").all(), frame
-    report.check()
+        assert frame["status"].isin(["match", "explained"]).all(), frame
+    assert report.exact("table1").set_index("row").loc["ResNet-34", "status"] == "explained"  # 3.664, printed 3.6
 
 
 def test_a_wrong_paper_value_is_off_and_fails_the_check(cfg):
@@ -43,14 +43,37 @@ def test_a_wrong_paper_value_is_off_and_fails_the_check(cfg):
         report.check()
 
 
-def test_an_explained_difference_is_shown_and_passes_the_check(cfg):
+def test_an_explained_difference_is_shown_and_held_to_its_bound(cfg):
+    """ResNet-50 counts 3.858 against a (wrong) 4.1: explained by an expected delta of -0.24 with
+    its default bound (half a unit of the delta's last digit), off once the gap strays from it."""
     OmegaConf.update(cfg, "paper.tables.0.cells.2.paper", 4.1, force_add=False)
-    OmegaConf.update(cfg, "paper.tables.0.cells.2.explained", "a reason", force_add=True)
+    OmegaConf.update(cfg, "paper.tables.0.cells.2.explained", {"reason": "a reason", "delta": -0.24}, merge=False)
     report = Report(cfg)
     row = report.exact("table1").set_index("row").loc["ResNet-50"]
-    assert row["status"] == "explained" and row["note"].endswith("a reason") and row["delta"] < -0.2
-    report.check()
-    assert report.counts()["explained"] == 1
+    assert row["status"] == "explained" and "a reason (expected delta -0.24 ± 0.005)" in row["note"]
+    assert row["delta"] < -0.2
+    assert report.counts()["explained"] == 2  # and ResNet-34's truncation
+    OmegaConf.update(cfg, "paper.tables.0.cells.2.explained", {"reason": "a reason", "delta": -0.3}, merge=False)
+    report = Report(cfg)
+    assert report.exact("table1").set_index("row").loc["ResNet-50", "status"] == "off"
+    with pytest.raises(ExactTableMismatch, match="ResNet-50.*expected delta -0.3 ± 0.05, not met"):
+        report.check()
+
+
+@pytest.mark.parametrize("entry", ["a reason", {"reason": "a reason"}, {"delta": 0.1}])
+def test_an_explanation_needs_a_reason_and_an_expected_delta(cfg, entry):
+    OmegaConf.update(cfg, "paper.tables.0.cells.2.paper", 4.1, force_add=False)
+    OmegaConf.update(cfg, "paper.tables.0.cells.2.explained", entry, merge=False)
+    with pytest.raises(ConfigError, match="explained must be"):
+        Report(cfg).exact("table1")
+
+
+def test_a_tolerance_wider_than_the_printed_rounding_needs_the_texts_approximation(cfg):
+    OmegaConf.update(cfg, "paper.tables.0.tolerance", 0.3, force_add=False)  # would make 4.09 "match" 3.8
+    with pytest.raises(ConfigError, match="wider than the printed rounding 0.05 of 1.8"):
+        Report(cfg).exact("table1")
+    OmegaConf.update(cfg, "paper.tables.0.approximation", "about", force_add=True)
+    assert (Report(cfg).exact("table1")["status"] == "match").all()
 
 
 def test_a_table_measured_on_other_profiles_is_not_run_here_even_with_results(cfg):
@@ -103,11 +126,59 @@ def test_claims(cfg, tmp_path):
     assert "ResNet-56 trains no worse than ResNet-20: does not show here" in reduced.claim_summary("fig6")
 
 
+PLANNED = ("resnet20_cifar10", "resnet56_cifar10", "plain20_cifar10", "plain56_cifar10")
+
+
+def planned_results(**changes):
+    results = {name: fake_result(name, 10.0) for name in PLANNED}
+    for name, change in changes.items():
+        results[name] = {**results[name], **change}
+    return results
+
+
 def test_floors(cfg):
     report = Report(cfg)
-    report.measured("table6_error", {"resnet20_cifar10": fake_result("resnet20_cifar10", 50.0)})
+    report.measured("table6_error", planned_results())
+    report.check()
+    report.measured("table6_error", planned_results(resnet20_cifar10={"test_top1_err": 50.0}))
     with pytest.raises(FloorNotMet, match="resnet20_cifar10: test accuracy 50.00% < floor 70%"):
         report.check()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"not_run": "data/x is missing"}, "resnet56_cifar10: planned, but not run: data/x is missing"),
+    ({"steps": 0}, "resnet56_cifar10: planned, but trained 0 steps"),
+    ({"test_top1_err": float("nan")}, "resnet56_cifar10: test accuracy nan%"),
+    ({"test_top1_err": None}, "resnet56_cifar10: test accuracy nan%"),
+])
+def test_a_planned_run_that_did_not_run_or_train_or_scored_nan_fails_the_check(cfg, change, message):
+    report = Report(cfg)
+    report.measured("table6_error", planned_results(resnet56_cifar10=change))
+    with pytest.raises(FloorNotMet, match=message.replace("(", r"\(").replace(")", r"\)")):
+        report.check()
+
+
+def test_a_planned_run_missing_from_the_report_fails_the_check(cfg):
+    report = Report(cfg)
+    report.measured("table6_error", {k: v for k, v in planned_results().items() if k != "plain56_cifar10"})
+    with pytest.raises(FloorNotMet, match="plain56_cifar10: planned, but the report has no result"):
+        report.check()
+
+
+def test_every_planned_run_has_a_floor_and_every_floor_a_planned_run(tmp_path):
+    with pytest.raises(ConfigError, match=r"floors.reduced must name exactly.*no floor for \['plain56_cifar10'\]"):
+        compose("resnet", "reduced", ["~paper.floors.reduced.plain56_cifar10"])
+    with pytest.raises(ConfigError, match=r"names \['resnet110_cifar10'\], which runs.reduced does not plan"):
+        compose("resnet", "reduced", ["+paper.floors.reduced.resnet110_cifar10=0.5"])
+    with pytest.raises(ConfigError, match="fractions in"):
+        compose("resnet", "reduced", ["paper.floors.reduced.plain56_cifar10=70"])
+
+
+def test_detectors_are_floored_on_map_and_coco_runs_on_ap50():
+    from replicate.tables import floor_score
+
+    assert floor_score({"test_map": 40.0}) == ("test mAP", 0.4)
+    assert floor_score({"test_map": 30.0, "test_map_50": 60.0}) == ("test AP@0.5", 0.6)
 
 
 def test_write_is_complete_and_updates_the_scoreboard(cfg, tmp_path):
@@ -118,8 +189,8 @@ def test_write_is_complete_and_updates_the_scoreboard(cfg, tmp_path):
     assert out == tmp_path / "reports" / "resnet" / "reduced"
     assert {p.name for p in out.iterdir()} == {"table1.csv", "table2.csv", "tables.md", "metrics.json"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["cells"] == {"match": 5, "off": 0, "explained": 0, "reduced": 0, "not_run": 4, "cells": 9}
-    assert "| resnet  | reduced   |       9 |       5 |" in (tmp_path / "reports" / "scoreboard.md").read_text()
+    assert metrics["cells"] == {"match": 3, "off": 0, "explained": 2, "reduced": 0, "not_run": 4, "cells": 9}
+    assert "| resnet  | reduced   |       9 |       3 |" in (tmp_path / "reports" / "scoreboard.md").read_text()
     assert not list(out.parent.glob(".*"))  # no partial folders left behind
     md = (out / "tables.md").read_text()
     assert "ResNet-152" in md and "params (M)" in md
@@ -140,7 +211,7 @@ def test_exact_cells_may_set_their_own_model_kwargs_input_and_quantity(cfg):
             {"row": "ResNet-20, 100 classes", "model": "resnet20", "paper": 0.276,
              "model_kwargs": {"num_classes": 100}},
             {"row": "ResNet-20 at 16 px", "model": "resnet20", "paper": 10.14, "input_size": [3, 16, 16],
-             "quantity": "mmacs", "tolerance": 0.01},
+             "quantity": "mmacs", "tolerance": "rounding"},
             # Worked by hand: 32->64 and 64->64 3x3 convolutions, then two blocks of two 64->64, with BN.
             {"row": "stage 3", "model": "resnet20", "module": "stages.2", "paper": 203.52, "quantity": "kparams",
              "tolerance": 0.005},
@@ -155,3 +226,15 @@ def test_an_unknown_quantity_names_the_choices(cfg):
                          "input_size": [3, 32, 32], "tolerance": 0.1, "cells": [{"row": "r", "model": "resnet20", "paper": 1}]}]
     with pytest.raises(Exception, match="gmacs"):
         Report(cfg).exact("t")
+
+
+def test_a_floor_too_close_to_the_untrained_score_fails_the_check(cfg):
+    """Detectors record their untrained score: a floor under 5x it could not tell learning from none."""
+    OmegaConf.update(cfg, "paper.floors.reduced.resnet20_cifar10", 0.05, merge=False)
+    untrained = {"untrained_map": 2.0, "test_map": 60.0}
+    report = Report(cfg)
+    report.runs.update(planned_results(resnet20_cifar10=untrained))
+    with pytest.raises(FloorNotMet, match="floor 5% is not 5x the untrained network's test mAP 2.00%"):
+        report.check()
+    report.runs.update(planned_results(resnet20_cifar10={**untrained, "untrained_map": 0.9}))
+    report.check()

@@ -5,8 +5,8 @@ Tables 1 and 2 (the final arXiv version, v5, which is the ICCV paper's): a 3x3/2
 depthwise, linear 1x1 projection, shortcut when shapes agree; Sec. 3) with the table's expansion
 size, kernel, squeeze-and-excite (SE), non-linearity (ReLU or h-swish) and stride, then the
 efficient last stage of Fig. 5: a 1x1 convolution, global average pooling, and two 1x1
-convolutions *without batch norm* ("NBN") on the pooled 1x1 map: to 1280 channels with h-swish,
-then to the classes. Everything else is followed by batch norm (Sec. 6.1.1, average decay 0.99:
+convolutions *without batch norm* ("NBN") on the pooled 1x1 map: to 1280 channels (Large) or
+1024 (Small) with h-swish, then to the classes. Everything else is followed by batch norm (Sec. 6.1.1, average decay 0.99:
 PyTorch momentum 0.01).
 
 * h-swish(x) = x ReLU6(x + 3) / 6 and the hard sigmoid ReLU6(x + 3) / 6 (Sec. 5.2).
@@ -19,20 +19,20 @@ PyTorch momentum 0.01).
 
 Points where the paper's tables and the popular implementations disagree, and what we do:
 
-* Small's head. Table 2 gives the pooled 1x1 convolution 1280 channels; the authors' TF-Slim code
-  and torchvision use 1024. We follow the table: it is also what gives Table 3's 2.9 M
-  parameters (we count 2,946,568; with 1024 it is torchvision's 2,542,856, "2.5 M").
-  `last_channels=1024` builds torchvision's layout.
+* Small's head. Table 2 of the final text gives the pooled 1x1 convolution 1024 channels, as the
+  authors' TF-Slim code and torchvision do: 2,542,856 parameters and 56.5 M multiply-adds, Table
+  3's "2.5 M" and "56 M". arXiv v1 printed 66 M / 2.9 M for an earlier Small with a 1280-channel
+  head (`last_channels=1280`: 2,946,568 parameters).
 * Table 2 also ticks SE on Small's final 1x1 convolution (576 channels, before pooling). Neither
-  the authors' code nor torchvision has it, and with it the count would be 3.1 M, not Table 3's
-  2.9 M: we leave it out (`se_last_conv=True` adds it).
+  the authors' code nor torchvision has it, and with it the count would be 2.7 M, not Table 3's
+  2.5 M: we leave it out (`se_last_conv=True` adds it).
 * An earlier arXiv version of Table 1 placed Large's last stride-2 block one row later; we follow
   the final version (stride 2 on the first 5x5 block with 160 outputs), as the TF-Slim code does.
 * Dropout: Sec. 6.1.1 says "dropout of 0.8", a TF keep probability: rate 0.2, before the classifier
   as in the reference code.
 
-With `last_channels=1024` for Small our networks are torchvision's `mobilenet_v3_large` /
-`mobilenet_v3_small` layer for layer (Large: 5,483,032 parameters, 216.6 M multiply-adds).
+Our networks are torchvision's `mobilenet_v3_large` / `mobilenet_v3_small` layer for layer
+(Large: 5,483,032 parameters, 216.6 M multiply-adds; Small: 2,542,856, 56.5 M).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ SMALL: tuple[Bneck, ...] = (
     Bneck(5, 576, 96, True, True, 1),
 )
 # (stem, last 1x1 convolution before pooling, pooled 1x1 convolution) of each table.
-HEADS = {"large": (16, 960, 1280), "small": (16, 576, 1280)}
+HEADS = {"large": (16, 960, 1280), "small": (16, 576, 1024)}
 
 # Sec. 6.1.1: batch norm with average decay 0.99 (PyTorch momentum 0.01); eps is TensorFlow's
 # default (the paper's framework).
@@ -211,5 +211,5 @@ def mobilenet_v3_large(**kw) -> MobileNetV3:
 
 @register
 def mobilenet_v3_small(**kw) -> MobileNetV3:
-    """MobileNetV3-Small (Table 2, head of 1280 as printed); `last_channels=1024` is torchvision's."""
+    """MobileNetV3-Small (Table 2: a 1024-channel head); `last_channels=1280` is arXiv v1's earlier Small."""
     return _build("small", SMALL, **kw)
