@@ -23,6 +23,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError, choices
+from .validate import check_values
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -148,6 +149,7 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
     cfg = _hydra(base + expanded + scale + user)
     with _writable(cfg):
         cfg.experiment = experiment
+    check_values(cfg)
     return _anchor_paths(cfg)
 
 

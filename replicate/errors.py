@@ -37,5 +37,9 @@ def choices(name: str, allowed: Iterable[str]) -> str:
     return f"{hint} Allowed: {', '.join(allowed)}."
 
 
+class IncompleteRunError(ReplicateError, RuntimeError):
+    """A run ended without a value its tables read (a NaN, a missing metric, no step): not cached."""
+
+
 class FloorNotMet(ReplicateError, AssertionError):
     """A reduced-profile run learned less than the floor its paper config sets."""

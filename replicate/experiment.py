@@ -33,7 +33,7 @@ from . import determinism, models
 from .complexity import count_params
 from .config import compose, config_hash
 from .data import build_datamodule
-from .errors import ConfigError, DatasetMissingError, choices
+from .errors import ConfigError, DatasetMissingError, IncompleteRunError, choices
 from .tasks import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
     directory = run_dir(cfg)
     result_path = directory / "result.json"
     if result_path.exists() and not force:
-        return {**json.loads(result_path.read_text()), "cached": True}
+        return load_result(directory)
 
     if force:  # start clean: no stale checkpoint to resume from, no old curves to merge
         shutil.rmtree(directory, ignore_errors=True)
@@ -175,17 +175,41 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
         "steps": trainer.global_step,
         "test_top1_err": 100.0 * (1.0 - float(tested["test/top1_acc"])),
         "test_top5_err": 100.0 * (1.0 - float(tested["test/top5_acc"])),
-        "train_err_final": getattr(task, "final_train_error", None),
+        "train_err_final": task.final_train_error,
         "train_seconds": round(train_seconds, 2),
         "resumed_from_step": resumed_step,
         "run_dir": str(directory),
         **determinism.machine(),
     }
     if trainer.is_global_zero:
-        tmp = result_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, result_path)
+        write_result(result, result_path, ("test_top1_err", "test_top5_err", "train_err_final"))
     return {**result, "cached": False}
+
+
+def write_result(result: dict, path: Path, required: Sequence[str]) -> None:
+    """`result.json`, written atomically, and only for a complete run: every field in `required`
+    (what the tables read) present and finite, and at least one training step. Otherwise nothing
+    is cached and `IncompleteRunError` names the run folder."""
+    import math
+
+    bad = [k for k in required if not isinstance(result.get(k), (int, float)) or not math.isfinite(result[k])]
+    if not result.get("steps"):
+        bad.append("steps")
+    if bad:
+        raise IncompleteRunError(
+            f"{path.parent}: the run ended without finite {', '.join(bad)} "
+            f"({', '.join(f'{k}={result.get(k)!r}' for k in bad)}); nothing was cached. Run it again with "
+            "--force (python -m replicate run ... --force), or delete that folder.")
+    tmp = path.with_suffix(".json.tmp")
+    # No absolute path inside: the folder may be moved or copied (runs/ from a cluster to a
+    # workstation); `load_result` tells where it is now.
+    tmp.write_text(json.dumps({k: v for k, v in result.items() if k != "run_dir"}, indent=2))
+    os.replace(tmp, path)
+
+
+def load_result(directory: Path) -> dict:
+    """A finished run's result.json, with `run_dir` where the folder is now and `cached` set."""
+    return {**json.loads((Path(directory) / "result.json").read_text()), "run_dir": str(directory), "cached": True}
 
 
 def _checkpoint_step(path: str | None) -> int | None:

@@ -241,14 +241,14 @@ class _StepTimer(Callback):
 
 def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] = ()) -> dict:
     """Train and test the detection experiment `cfg`; cached like `experiment.run`."""
-    from .experiment import _checkpoint_step, _loggers, _quiet_lightning, run_dir
+    from .experiment import _checkpoint_step, _loggers, _quiet_lightning, load_result, run_dir, write_result
 
     if cfg.experiment is None:
         raise ConfigError("run() needs an experiment: compose(paper, profile, ['experiment=<name>']).")
     directory = run_dir(cfg)
     result_path = directory / "result.json"
     if result_path.exists() and not force:
-        return {**json.loads(result_path.read_text()), "cached": True}
+        return load_result(directory)
     if force:
         shutil.rmtree(directory, ignore_errors=True)
     _quiet_lightning()
@@ -372,9 +372,7 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
     if trainer.is_global_zero:
         torch.save([{k: v for k, v in p.items() if k in ("boxes", "scores", "labels")} for p in predictions],
                    directory / "detections.pt")
-        tmp = result_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, result_path)
+        write_result(result, result_path, ("test_map", *(k for k in ("test_map_50", "test_map_75") if k in result)))
     return {**result, "cached": False}
 
 

@@ -225,14 +225,16 @@ def compress(cfg: DictConfig, result: Mapping, methods: Sequence[str]) -> dict[s
     directory = Path(result["run_dir"]) / "compressed"
     paths = {m: directory / f"{m}-{_key(cfg, _settings(cfg, m))}.json" for m in methods}
     todo = [m for m in methods if not paths[m].exists()]
-    out = {m: {**json.loads(paths[m].read_text()), "cached": True} for m in methods if m not in todo}
+    # The stored rows hold no path: the training run's folder is wherever it is now.
+    out = {m: {**json.loads(paths[m].read_text()), "run_dir": result["run_dir"], "cached": True}
+           for m in methods if m not in todo}
     if todo:
         fresh = _compress(cfg, result, todo)
         directory.mkdir(parents=True, exist_ok=True)
         for m, row in fresh.items():
             path = directory / f"{m}-{_key(cfg, _settings(cfg, m))}.json"
             tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(row, indent=2))
+            tmp.write_text(json.dumps({k: v for k, v in row.items() if k != "run_dir"}, indent=2))
             os.replace(tmp, path)
             if m in methods:
                 out[m] = {**row, "cached": False}

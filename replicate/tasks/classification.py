@@ -105,9 +105,11 @@ class ClassificationTask(L.LightningModule):
             if sum(window) / len(window) < 100.0 * self.recipe.warmup.until_train_error:
                 self.warming_up = False
 
-    def on_train_end(self) -> None:
-        if self._tail_errors:
-            self.final_train_error = sum(self._tail_errors) / len(self._tail_errors)
+    @property
+    def final_train_error(self) -> float | None:
+        """The training error (%) over the last tenth of the iterations, None before any. Kept in
+        the checkpoint: a run resumed at its last step (nothing left to train) still has it."""
+        return sum(self._tail_errors) / len(self._tail_errors) if self._tail_errors else None
 
     # -- evaluation ---------------------------------------------------------------------------
     def _evaluate(self, batch, stage: str):
