@@ -81,9 +81,34 @@ def params_overrides(params_file: Path, paper: str, profile: str) -> list[str]:
     return list(OmegaConf.select(params, f"{paper}.{profile}.overrides", default=[]) or [])
 
 
+def forget_runs(paper: str, profile: str, overrides: list[str], experiments: list[str] | None = None) -> list[Path]:
+    """Delete the run folders of `experiments` (default: every run the paper plans for `profile`)
+    under these overrides, so that the next execution trains them again; a folder another process
+    is writing is refused (`experiment.hold`). Returns the folders deleted."""
+    import shutil
+
+    from .experiment import hold, run_dir
+
+    names = experiments or list(compose(paper, profile, overrides).paper.runs[profile])
+    deleted = []
+    for name in names:
+        directory = run_dir(compose(paper, profile, [*overrides, f"experiment={name}"]))
+        with hold(directory, force=True):
+            if directory.exists():
+                shutil.rmtree(directory)
+                deleted.append(directory)
+    return deleted
+
+
 def _notebook(args: argparse.Namespace) -> None:
     root = Path(args.report_root) if args.report_root else PROJECT_ROOT / "reports"
     overrides = params_overrides(Path(args.params), args.paper, args.profile) if args.params else []
+    if args.force is not None:  # `--force` may have swallowed the overrides that follow it
+        args.overrides += [item for item in args.force if "=" in item]
+        args.force = [item for item in args.force if "=" not in item]
+    if args.force is not None:
+        for folder in forget_runs(args.paper, args.profile, overrides + args.overrides, args.force or None):
+            print(f"--force: deleted {folder}")
     out = execute_notebook(args.paper, args.profile, overrides + args.overrides, root)
     print(f"{args.paper} ({args.profile}): reports in {out}")
 
@@ -127,6 +152,7 @@ def _groups(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m replicate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error, not only its line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train/evaluate one experiment (cached by config hash)")
@@ -139,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="reduced")
     p.add_argument("--report-root", default=None)
     p.add_argument("--params", default=None, help="params.yaml whose <paper>.<profile>.overrides are applied first")
+    p.add_argument("--force", nargs="*", metavar="EXPERIMENT", default=None,
+                   help="train again: the named experiments, or every run the paper plans when none is named")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_notebook)
 
@@ -165,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
-    except ReplicateError as exc:
+    except (ReplicateError, PermissionError) as exc:
+        if args.verbose:
+            raise
+        if isinstance(exc, PermissionError):
+            exc = f"{exc.filename or exc}: permission denied. Give this user read and write access to it, or " \
+                  "point REPLICATE_DATA_DIR / REPLICATE_RUN_DIR / REPLICATE_REPORT_DIR elsewhere."
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -106,7 +106,7 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
     if experiment is None:
         cfg = _anchor_paths(_hydra(base + user))
         check_floors(cfg)
-        return cfg
+        return _record_overrides(cfg, user)
     # First the paper and profile alone (the user's overrides may name keys that only the
     # experiment's groups have), then everything in order: experiment, then the user's.
     cfg = _hydra(base)
@@ -150,7 +150,15 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
     with _writable(cfg):
         cfg.experiment = experiment
     check_values(cfg)
-    return _anchor_paths(cfg)
+    return _record_overrides(_anchor_paths(cfg), user)
+
+
+def _record_overrides(cfg: DictConfig, user: Sequence[str]) -> DictConfig:
+    """`cfg.overrides`: the user's overrides, so that a report says how it was made (not in the
+    run hash: the values they set are)."""
+    with _writable(cfg):
+        cfg.overrides = list(user)
+    return cfg
 
 
 def check_floors(cfg: DictConfig) -> None:

@@ -41,5 +41,13 @@ class IncompleteRunError(ReplicateError, RuntimeError):
     """A run ended without a value its tables read (a NaN, a missing metric, no step): not cached."""
 
 
+class RunLockedError(ReplicateError, RuntimeError):
+    """Another process is writing the run folder this command would delete (`--force`)."""
+
+
+class CorruptFileError(ReplicateError, ValueError):
+    """A file the workbook wrote or reads cannot be read (truncated, not what it should be)."""
+
+
 class FloorNotMet(ReplicateError, AssertionError):
     """A reduced-profile run learned less than the floor its paper config sets."""

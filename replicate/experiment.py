@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -33,7 +35,7 @@ from . import determinism, models
 from .complexity import count_params
 from .config import compose, config_hash
 from .data import build_datamodule
-from .errors import ConfigError, DatasetMissingError, IncompleteRunError, choices
+from .errors import ConfigError, CorruptFileError, DatasetMissingError, IncompleteRunError, RunLockedError, choices
 from .tasks import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -109,24 +111,61 @@ def _loggers(cfg: DictConfig, directory: Path, name: str = "logs") -> list:
 
 
 def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] = ()) -> dict:
-    """Train and test the experiment `cfg` describes and return its metrics (errors in percent).
+    """Train and test the experiment `cfg` describes and return its metrics (errors in percent;
+    detectors: `experiment_detection.run_detection`, test mAP).
 
     A finished run with the same config hash is returned from disk without training
-    (`force=True` trains again); an unfinished one resumes from its last checkpoint.
+    (`force=True` trains again); an unfinished one resumes from its last checkpoint. One process
+    writes a run folder at a time (`hold`): a second launch of the same config waits for the
+    first and then returns its result, and `force` refuses to delete a folder another process
+    is writing.
     """
     from . import experiment_detection  # detection data sets: their own branch (test mAP)
 
-    if experiment_detection.is_detection(cfg):
-        return experiment_detection.run_detection(cfg, force=force, callbacks=callbacks)
     if cfg.experiment is None:
         raise ConfigError("run() needs an experiment: compose(paper, profile, ['experiment=<name>']).")
     directory = run_dir(cfg)
-    result_path = directory / "result.json"
-    if result_path.exists() and not force:
+    if (directory / "result.json").exists() and not force:
         return load_result(directory)
+    with hold(directory, force=force):
+        if (directory / "result.json").exists() and not force:  # finished while we waited
+            return load_result(directory)
+        if force:  # start clean: no stale checkpoint to resume from, no old curves to merge
+            shutil.rmtree(directory, ignore_errors=True)
+        train = experiment_detection.run_detection if experiment_detection.is_detection(cfg) else _run_classifier
+        return train(cfg, directory, callbacks)
 
-    if force:  # start clean: no stale checkpoint to resume from, no old curves to merge
-        shutil.rmtree(directory, ignore_errors=True)
+
+@contextmanager
+def hold(directory: Path, *, force: bool = False):
+    """The run folder's lock (`<folder>.lock` beside it, filelock): one writer at a time. Held by
+    another process, it is waited for (and who holds it is said), or, with `force`, refused."""
+    from filelock import FileLock, Timeout
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(directory.with_name(directory.name + ".lock"))
+    owner = directory.with_name(directory.name + ".owner")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = owner.read_text().strip() if owner.exists() else "another process"
+        if force:
+            raise RunLockedError(f"{directory} is being written by {holder}: --force does not delete a run in "
+                                 "progress. Stop that process first, or wait for it.") from None
+        log.warning("%s is being written by %s: waiting for it to finish.", directory, holder)
+        print(f"{directory} is being written by {holder}: waiting for it to finish.", flush=True)
+        lock.acquire()
+    try:
+        owner.write_text(f"process {os.getpid()} on {socket.gethostname()}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _run_classifier(cfg: DictConfig, directory: Path, callbacks: Sequence[Callback]) -> dict:
+    """`run`'s classification branch: train and test in `directory` (resumed from its checkpoint)."""
+    result_path = directory / "result.json"
     _quiet_lightning()
     determinism.prepare(cfg)
     directory.mkdir(parents=True, exist_ok=True)
@@ -213,9 +252,16 @@ def load_result(directory: Path) -> dict:
 
 
 def _checkpoint_step(path: str | None) -> int | None:
+    """The step a checkpoint was written at; a file that cannot be read is a `CorruptFileError`
+    that names it and the fix (a run killed while writing it leaves one)."""
     if path is None:
         return None
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for a bad file
+        raise CorruptFileError(f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                               "the run cannot resume from it. Run it again with --force, or delete that "
+                               "checkpoint to start the run afresh.") from exc
 
 
 def save_weights(result: dict, path: str | os.PathLike) -> Path:

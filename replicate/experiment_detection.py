@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import determinism, models
 from .complexity import count_params
 from .config import config_hash
-from .data.detection import DATASETS, build_detection_datamodule
+from .data.detection import DATASETS, build_detection_datamodule, skipped_files
 from .errors import ConfigError
 from .tasks.detection import DetectionTask, _to_cpu, to_original_size
 from .timing import Clock, hardware, one_thread_on_cpu  # noqa: F401  (hardware: the notebooks' notes)
@@ -61,6 +60,8 @@ class ProposalDetectionTask(DetectionTask):
 
     def _collect(self, batch, stage: str) -> None:
         images, targets = batch
+        if not images:  # only unreadable images (dropped): nothing to score
+            return
         detections = self.model(images, proposals=[t["proposals"] for t in targets])
         for image, detection, target in zip(images, detections, targets):
             hw = (int(image.shape[-2]), int(image.shape[-1]))
@@ -105,11 +106,18 @@ def _attach(datamodule, cfg: DictConfig) -> None:
     spec = OmegaConf.to_container(cfg.model.get("proposals") or {}, resolve=True)
     settings = {"mode": spec.get("mode", "fast"), "max_proposals": int(spec.get("max_proposals", 2000)),
                 "min_size": float(spec.get("min_size", 0.0))}
-    for attr in ("make_train", "make_test"):
+    from .data.tensor_datamodule import subset_indices
+
+    for attr, subset in (("make_train", "train_subset"), ("make_test", "test_subset")):
         make = getattr(datamodule, attr)
 
-        def wrapped(transforms, make=make):
-            return proposals.attach_proposals(make(transforms), cfg.paths.data_dir, **settings)
+        def wrapped(transforms, make=make, subset=subset):
+            dataset = make(transforms)
+            # Only the images the datamodule will keep (`data.train_subset`, `data.test_subset`:
+            # the same draw as DetectionDataModule.setup's) are searched.
+            indices = subset_indices(len(dataset), cfg.data.get(subset), cfg.seed)
+            return proposals.attach_proposals(dataset, cfg.paths.data_dir, **settings,
+                                              indices=None if indices is None else indices.tolist())
 
         setattr(datamodule, attr, wrapped)
 
@@ -239,27 +247,16 @@ class _StepTimer(Callback):
         self.cpu_times.append(time.process_time() - self._cpu)
 
 
-def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] = ()) -> dict:
-    """Train and test the detection experiment `cfg`; cached like `experiment.run`."""
-    from .experiment import _checkpoint_step, _loggers, _quiet_lightning, load_result, run_dir, write_result
+def run_detection(cfg: DictConfig, directory: Path, callbacks: Sequence[Callback] = ()) -> dict:
+    """Train and test the detection experiment `cfg` in its run folder `directory`: the detection
+    branch of `experiment.run`, which owns the cache, the lock and `--force`."""
+    from .experiment import _checkpoint_step, _loggers, _quiet_lightning, write_result
 
-    if cfg.experiment is None:
-        raise ConfigError("run() needs an experiment: compose(paper, profile, ['experiment=<name>']).")
-    directory = run_dir(cfg)
     result_path = directory / "result.json"
-    if result_path.exists() and not force:
-        return load_result(directory)
-    if force:
-        shutil.rmtree(directory, ignore_errors=True)
     _quiet_lightning()
     determinism.prepare(cfg)
     recipe = cfg.recipe
-    training = recipe.get("training", "joint")
-    if training not in TRAINING_SCHEMES:
-        raise ConfigError(f"recipe.training={training!r} is not supported. Allowed: {', '.join(TRAINING_SCHEMES)} "
-                          "(alternating: Faster R-CNN's 4-step scheme, Sec. 3.2).")
-    if training == "alternating":
-        alternating_steps(recipe)  # a bad step list fails before anything is written
+    training = recipe.get("training", "joint")  # one of validate.TRAINING_SCHEMES, checked at compose
     # Build the data first: a missing data set raises before anything is written.
     datamodule = build_detection_datamodule(
         cfg.data, data_dir=cfg.paths.data_dir, batch_size=recipe.batch_size, seed=cfg.seed,
@@ -367,6 +364,7 @@ def run_detection(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[C
         "cpu_seconds_per_step": _step_seconds(timer.cpu_times[5:] or timer.cpu_times),
         "test_seconds": round(test_seconds, 2), "test_images": len(task.detections["test"][1]),
         "resumed_from_step": resumed_step, "run_dir": str(directory), **pretrained, **post_hoc, **untrained,
+        "skipped_files": skipped_files(datamodule.train_set, datamodule.test_set),
         **determinism.machine(),
     }
     if trainer.is_global_zero:
@@ -399,8 +397,6 @@ def score_untrained(cfg: DictConfig, model: torch.nn.Module, task_class, datamod
     return score
 
 
-TRAINING_SCHEMES = ("joint", "alternating")
-
 # Faster R-CNN Sec. 3.2 (i): what each of the four fits trains, from which weights.
 ALTERNATING_STEPS = (
     "1: the RPN, from the ImageNet model",
@@ -411,13 +407,9 @@ ALTERNATING_STEPS = (
 
 
 def alternating_steps(recipe: DictConfig) -> list[int]:
-    """`recipe.alternating_steps`: the training steps of the four fits, validated."""
-    steps = recipe.get("alternating_steps")
-    if steps is None or len(steps) != 4 or any(int(n) != n or n < 1 for n in steps):
-        raise ConfigError(f"recipe.alternating_steps={steps!r}: recipe.training=alternating needs four positive "
-                          "step counts, one per step of Sec. 3.2 (RPN, Fast R-CNN, RPN, Fast R-CNN), "
-                          "e.g. [80000, 40000, 80000, 40000].")
-    return [int(n) for n in steps]
+    """`recipe.alternating_steps`: the training steps of the four fits (checked at compose:
+    `validate.check_values`)."""
+    return [int(n) for n in recipe.alternating_steps]
 
 
 def fit_alternating(cfg: DictConfig, model: torch.nn.Module, make_model, fit, checkpoints: Path):

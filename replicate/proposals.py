@@ -98,10 +98,12 @@ def _detection_sets(dataset: Dataset) -> list[Dataset]:
     return [dataset]
 
 
-def cache_path(dataset: Dataset, data_dir: str | Path, mode: str, max_proposals: int, min_size: float) -> Path:
-    """Where the proposals of `dataset`'s images are kept: named by its folder and split, keyed
-    by its image list and the search settings."""
-    paths = [str(r["path"]) for r in dataset.records]  # type: ignore[attr-defined]
+def cache_path(dataset: Dataset, data_dir: str | Path, mode: str, max_proposals: int, min_size: float,
+               records: Sequence[dict] | None = None) -> Path:
+    """Where the proposals of `dataset`'s images (or of its `records` alone) are kept: named by
+    its folder and split, keyed by the image list and the search settings."""
+    records = dataset.records if records is None else records  # type: ignore[attr-defined]
+    paths = [str(r["path"]) for r in records]
     digest = hashlib.sha256("\n".join([f"v{CACHE_VERSION}", mode, str(max_proposals), str(min_size), *paths])
                             .encode()).hexdigest()[:12]
     folder = Path(paths[0]).parent.parent.name if paths else "empty"
@@ -121,11 +123,15 @@ def compute(paths: Sequence[str | Path], mode: str = "fast", max_proposals: int 
 
 
 def load_or_compute(dataset: Dataset, data_dir: str | Path, mode: str = "fast", max_proposals: int = 2000,
-                    min_size: float = 0.0, workers: int | None = None) -> dict[int, torch.Tensor]:
-    """{image_id: proposals [N, 4]} for one DetectionDataset, from its cache file or computed
-    (and cached: written atomically, so an interrupted run leaves no half file)."""
-    path = cache_path(dataset, data_dir, mode, max_proposals, min_size)
+                    min_size: float = 0.0, workers: int | None = None,
+                    indices: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+    """{image_id: proposals [N, 4]} for one DetectionDataset (or only its images at `indices`),
+    from its cache file or computed (and cached: written atomically, so an interrupted run
+    leaves no half file)."""
     records = dataset.records  # type: ignore[attr-defined]
+    if indices is not None:
+        records = [records[i] for i in sorted(set(int(i) for i in indices))]
+    path = cache_path(dataset, data_dir, mode, max_proposals, min_size, records)
     if path.exists():
         stored = torch.load(path, map_location="cpu", weights_only=True)
     else:
@@ -155,10 +161,16 @@ class AttachProposals:
 
 
 def attach_proposals(dataset: Dataset, data_dir: str | Path, mode: str = "fast", max_proposals: int = 2000,
-                     min_size: float = 0.0, workers: int | None = None) -> Dataset:
+                     min_size: float = 0.0, workers: int | None = None,
+                     indices: Sequence[int] | None = None) -> Dataset:
     """Give every sample of `dataset` (a DetectionDataset or a ConcatDataset of them) its
-    selective search proposals; returns the same dataset."""
+    selective search proposals; returns the same dataset. `indices` (into `dataset`): only
+    those samples will be read (a `data.train_subset`), so only their images are searched."""
+    offset = 0
     for part in _detection_sets(dataset):
-        table = load_or_compute(part, data_dir, mode, max_proposals, min_size, workers)
+        size = len(part.records)  # type: ignore[attr-defined]
+        local = None if indices is None else [int(i) - offset for i in indices if offset <= int(i) < offset + size]
+        offset += size
+        table = load_or_compute(part, data_dir, mode, max_proposals, min_size, workers, local)
         part.transforms = AttachProposals(table, part.transforms)  # type: ignore[attr-defined]
     return dataset

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import models
 from .complexity import QUANTITIES, Complexity, count
-from .errors import ConfigError, ExactTableMismatch, FloorNotMet
+from .errors import ConfigError, CorruptFileError, ExactTableMismatch, FloorNotMet
 
 COLUMNS = ["table", "row", "metric", "paper", "ours", "unit", "delta", "tolerance", "status", "source", "note"]
 STATUSES = ("match", "off", "explained", "reduced", "not_run")
@@ -105,6 +105,9 @@ class Report:
         self.figures: dict[str, tuple[matplotlib.figure.Figure, pd.DataFrame | None]] = {}
         self.runs: dict[str, dict] = {}
         self._counted: dict[tuple, Complexity] = {}
+        self.overrides = list(cfg.get("overrides") or [])
+        if self.overrides:  # the notebook's first output says that this is not the standard report
+            print(f"Not the standard {self.profile} report: made with the overrides {self.overrides}.")
 
     # -- table specs ----------------------------------------------------------------------------
     def spec(self, table_id: str, section: str = "tables") -> dict:
@@ -364,6 +367,8 @@ class Report:
         return {
             "paper": self.paper.id,
             "profile": self.profile,
+            "overrides": self.overrides,
+            "commit": git_commit(),
             "cells": self.counts(),
             "runs": {k: {c: v.get(c) for c in _run_columns(self.runs)[1:]} for k, v in self.runs.items()},
         }
@@ -395,6 +400,22 @@ class Report:
         return final
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (with "+changes" when files differ from it), or None outside git."""
+    import subprocess
+
+    from .config import PROJECT_ROOT
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
 def replace_dir(source: Path, destination: Path) -> None:
     """Move `source` to `destination`, replacing what was there, never leaving a mix of both."""
     old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
@@ -408,8 +429,12 @@ def write_scoreboard(report_root: Path) -> Path:
     """`reports/scoreboard.md`: per paper and profile, cells regenerated, matched, off, not run."""
     rows = []
     for path in sorted(Path(report_root).glob("*/*/metrics.json")):
-        m = json.loads(path.read_text())
-        rows.append({"paper": m["paper"], "profile": m["profile"], **m["cells"]})
+        try:
+            m = json.loads(path.read_text())
+            rows.append({"paper": m["paper"], "profile": m["profile"], **m["cells"]})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(f"{path} is not a report's metrics.json ({type(exc).__name__}: {exc}); "
+                                   "run that paper's notebook again, or delete its folder.") from None
     frame = pd.DataFrame(rows, columns=["paper", "profile", "cells", *STATUSES])
     text = ["# Scoreboard", "",
             "Cells regenerated per paper and profile: `match` within the paper's tolerance, `off` outside "

@@ -11,6 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 
+TRAINING_SCHEMES = ("joint", "alternating")  # recipe.training of the two-stage detectors
+
 # Lightning's precision flags (lightning.pytorch.trainer.connectors.accelerator_connector).
 PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "32", "16", "bf16",
               "transformer-engine", "transformer-engine-float16")
@@ -56,6 +58,16 @@ def check_values(cfg: DictConfig) -> None:
             continue
         if not test(value):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}.")
+    training = OmegaConf.select(cfg, "recipe.training")
+    if training is not None and training not in TRAINING_SCHEMES:
+        raise ConfigError(f"recipe.training={training!r} is not supported. Allowed: {', '.join(TRAINING_SCHEMES)} "
+                          "(alternating: Faster R-CNN's 4-step scheme, Sec. 3.2).")
+    if training == "alternating":
+        steps = OmegaConf.select(cfg, "recipe.alternating_steps")
+        if steps is None or len(steps) != 4 or not all(_integer(n) and n >= 1 for n in steps):
+            raise ConfigError(f"recipe.alternating_steps={steps!r}: recipe.training=alternating needs four positive "
+                              "step counts, one per step of Sec. 3.2 (RPN, Fast R-CNN, RPN, Fast R-CNN), "
+                              "e.g. [80000, 40000, 80000, 40000].")
     subset, batch = OmegaConf.select(cfg, "data.train_subset"), OmegaConf.select(cfg, "recipe.batch_size")
     if _integer(subset) and _integer(batch) and subset < batch:
         raise ConfigError(f"data.train_subset={subset} is less than one batch (recipe.batch_size={batch}): "

@@ -51,3 +51,52 @@ def test_data_commands(tmp_path):
 def test_groups_lists_experiments():
     done = cli("groups")
     assert done.returncode == 0 and "resnet110_cifar10" in done.stdout and "profile: full, reduced" in done.stdout
+
+
+RUN = ["run", "paper=resnet", "experiment=resnet20_cifar10", "recipe.max_steps=4", "recipe.batch_size=32",
+       "recipe.val_every_steps=4", "recipe.checkpoint_every_steps=2", "data.train_subset=128", "data.test_subset=32"]
+
+
+def test_a_truncated_checkpoint_is_one_error_line_naming_it_and_the_fix(tmp_path, capsys):
+    write_idx_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
+    paths = [f"paths.data_dir={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'runs'}"]
+    from replicate.config import compose
+    from replicate.experiment import run_dir
+
+    folder = run_dir(compose("resnet", "reduced", [*RUN[2:], *paths]))
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    assert main([*RUN, *paths]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "last.ckpt cannot be read" in error and "--force" in error
+    assert "Traceback" not in error and not (folder / "result.json").exists()
+    assert main([*RUN, *paths, "--force"]) == 0  # --force starts afresh
+
+
+def test_a_corrupt_metrics_json_is_named_by_the_scoreboard(tmp_path):
+    (tmp_path / "resnet" / "reduced").mkdir(parents=True)
+    (tmp_path / "resnet" / "reduced" / "metrics.json").write_text("{not json")
+    done = cli("scoreboard", "--report-root", str(tmp_path))
+    assert done.returncode == 2 and "resnet/reduced/metrics.json is not a report's metrics.json" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = cli("--verbose", "scoreboard", "--report-root", str(tmp_path))
+    assert done.returncode != 0 and "Traceback" in done.stderr  # --verbose shows where it came from
+
+
+def test_notebook_force_deletes_the_planned_runs_or_the_named_one(tmp_path, monkeypatch):
+    from replicate import cli as commands
+    from replicate.config import compose
+    from replicate.experiment import run_dir
+
+    monkeypatch.setenv("REPLICATE_RUN_DIR", str(tmp_path / "runs"))
+    executed = []
+    monkeypatch.setattr(commands, "execute_notebook", lambda *args: executed.append(args) or tmp_path)
+    folders = {name: run_dir(compose("resnet", "reduced", ["recipe.max_steps=20", f"experiment={name}"]))
+               for name in ("resnet20_cifar10", "plain20_cifar10")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    assert main(["notebook", "resnet", "--force", "plain20_cifar10", "recipe.max_steps=20"]) == 0
+    assert folders["resnet20_cifar10"].exists() and not folders["plain20_cifar10"].exists()
+    assert executed[-1][2] == ["recipe.max_steps=20"]  # the override after --force is still an override
+    assert main(["notebook", "resnet", "recipe.max_steps=20", "--force"]) == 0
+    assert not folders["resnet20_cifar10"].exists()

@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from replicate.data import detection_synth as synth
 from replicate.data import fashion_mnist, prepare
 from replicate.data.coco import COCODetection
 from replicate.data.coco import locate as coco_locate
 from replicate.data.detection import (
-    SkippedFileWarning, batch_images, build_detection_datamodule, collate, drop_flagged,
+    SkippedFileWarning, batch_images, build_detection_datamodule, collate, drop_flagged, skipped_files,
 )
 from replicate.data.voc import CLASSES, VOCDetection
 from replicate.data.voc import locate as voc_locate
@@ -128,16 +128,17 @@ def test_voc_reader_targets_difficult_and_corrupt_files(tmp_path):
     assert target["orig_size"].tolist() == [40, 60] and target["area"].tolist() == [16 * 25, 31 * 40]
     assert tuple(dataset[1][0].shape) == (3, 50, 30)
     assert dataset.target(1)["boxes"].tolist() == [[0.0, 0.0, 30.0, 50.0]]  # a pixel past the border: clipped
-    # The garbage JPEG is skipped with a warning naming it; the next image takes its place.
+    # The garbage JPEG is skipped with a warning naming it: dropped, no other image in its place.
     with pytest.warns(SkippedFileWarning, match="000004.jpg"):
-        image, target = dataset[2]
-    assert tuple(image.shape) == (3, 40, 60) and len(dataset.skipped) == 2
-    # A whole epoch runs through it, variable sizes collated as lists.
+        assert dataset[2] is None
+    assert len(dataset.skipped) == 2 and "000004.jpg" in skipped_files(Subset(dataset, [0, 2]))[1]
+    # A whole epoch runs through it, variable sizes collated as lists, the broken image left out.
     images, targets = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collate)))
-    assert [tuple(im.shape) for im in images] == [(3, 40, 60), (3, 50, 30), (3, 40, 60)] and len(targets) == 3
+    assert [tuple(im.shape) for im in images] == [(3, 40, 60), (3, 50, 30)] and len(targets) == 2
     assert len(dataset.skipped) == 2  # reported once per file
+    image, target = dataset[0]
     padded, sizes = batch_images([im.float() for im in images], size_divisible=16)
-    assert padded.shape == (3, 3, 64, 64) and sizes[1] == (50, 30) and padded[1, :, 50:, :].abs().sum() == 0
+    assert padded.shape == (2, 3, 64, 64) and sizes[1] == (50, 30) and padded[1, :, 50:, :].abs().sum() == 0
     assert drop_flagged(target)["labels"].tolist() == [CLASSES.index("dog") + 1]
 
 
@@ -178,8 +179,8 @@ def test_coco_reader(tmp_path):
     assert target["area"].tolist() == [150.0, 1500.0] and target["difficult"].tolist() == [False, False]
     assert dataset.target(1)["boxes"].tolist() == [[1.0, 2.0, 4.0, 6.0]]
     with pytest.warns(SkippedFileWarning, match="c.jpg"):
-        image, target = dataset[2]
-    assert target["image_id"] == 10  # wrapped round to the first readable image
+        assert dataset[2] is None  # dropped, not replaced by another image
+    assert len(dataset.skipped) == 2
     assert drop_flagged(target, ("iscrowd",))["labels"].tolist() == [2]
 
 

@@ -106,3 +106,55 @@ def test_plateau_schedule_steps_once_per_epoch(tmp_path):
     assert lr.loc[6] == pytest.approx(0.1)  # the first validation sets the best: no plateau yet
     assert lr.loc[12] == pytest.approx(0.01) and lr.loc[18] == pytest.approx(0.001)
     assert result["steps"] == 24
+
+
+def test_force_refuses_a_run_another_process_is_writing(tmp_path):
+    """One writer per run folder: a process holding the lock keeps --force from deleting the run."""
+    import subprocess
+    import sys
+
+    from replicate.errors import RunLockedError
+
+    cfg = small_cfg(tmp_path, steps=8)
+    directory = experiment.run_dir(cfg)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(60)"), str(directory.with_name(directory.name + ".lock"))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match="--force does not delete a run in progress"):
+            experiment.run(cfg, force=True)
+        assert not directory.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert experiment.run(cfg, force=True)["steps"] == 8  # released: the run goes ahead
+
+
+def test_result_json_holds_no_absolute_path_and_a_moved_run_is_found_where_it_is(tmp_path):
+    import shutil
+
+    cfg = small_cfg(tmp_path, steps=8)
+    result = experiment.run(cfg)
+    stored = (experiment.run_dir(cfg) / "result.json").read_text()
+    assert str(tmp_path) not in stored
+    moved = tmp_path / "moved"
+    shutil.move(str(tmp_path / "runs"), str(moved))
+    again = experiment.run(small_cfg(tmp_path, steps=8, **{"paths.run_dir": str(moved)}))
+    assert again["cached"] and again["run_dir"].startswith(str(moved))
+    assert again["test_top1_err"] == result["test_top1_err"]
+    assert len(experiment.load_curves(again)) > 0  # the curves come from the folder where it is now
+
+
+@pytest.mark.parametrize("override,key", [("recipe.lr=abc", "recipe.lr"), ("recipe.lr=-1", "recipe.lr"),
+                                          ("recipe.max_steps=0", "recipe.max_steps"), ("seed=abc", "seed"),
+                                          ("trainer.precision=17", "trainer.precision"),
+                                          ("data.train_subset=16", "data.train_subset")])
+def test_a_bad_value_is_refused_at_compose_and_leaves_no_folder(tmp_path, override, key):
+    from replicate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{key}="):
+        small_cfg(tmp_path, **dict([override.split("=", 1)]))
+    assert not (tmp_path / "runs").exists()

@@ -378,7 +378,7 @@ def test_table_2_columns_compose_with_their_models_own_reduced_scale():
     assert bn.recipe.max_steps == 800 and bn.model.input_size == 128  # the yolov1 paper's reduced scale
     anchors = compose("yolov2", "reduced", ["experiment=anchor_boxes_column"])
     assert anchors.model.trunk == "yolov1" and anchors.model.hand_picked_anchors and not anchors.model.direct_location
-    assert not anchors.model.passthrough and not anchors.model.multiscale_enabled and anchors.recipe.max_steps == 400
+    assert not anchors.model.passthrough and not anchors.model.multiscale_enabled and anchors.recipe.max_steps == 500
     full = compose("yolov2", "full", ["experiment=new_network_column"])
     assert full.model.trunk == "darknet19" and full.model.input_size == 416 and full.recipe.max_steps == 41400
     # Each column starts from its own ImageNet trunk on the full profile, from scratch on the reduced one.

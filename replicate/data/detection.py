@@ -17,8 +17,9 @@ A batch is `(list of images, list of targets)`: images keep their own sizes (`co
 model pads them itself (`batch_images`).
 
 Corrupt files never stop an epoch: an unreadable annotation is skipped when the data set is
-indexed, an unreadable image when it is first read (the next readable image takes its place);
-either way a warning names the file and `dataset.skipped` counts it. An image whose size differs
+indexed, an unreadable image whenever it is read (the sample is None, and `collate` drops it:
+no other image takes its place, so none is seen twice); either way a warning names the file,
+once, and `dataset.skipped` lists it (a run's result records them: `skipped_files`). An image whose size differs
 from its annotation's is used at its real size (boxes clipped), with a warning.
 """
 
@@ -132,28 +133,39 @@ class DetectionDataset(Dataset):
         return tv_tensors.Image(tensor)
 
     def __getitem__(self, index: int):
-        n = len(self.records)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._bad:
-                continue
-            try:
-                image = self.read_image(i)
-            except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for broken files
-                self._bad.add(i)
-                self.skipped.append(warn_skipped(self.records[i]["path"], f"unreadable image ({error})"))
-                continue
-            target = self.target(i)
-            if self.transforms is not None:
-                image, target = self.transforms(image, target)
-            return image, target
-        raise RuntimeError(f"none of the {n} images of this data set can be read; see the warnings above.")
+        """(image, target), or None for an image that cannot be read (dropped by `collate`)."""
+        if index in self._bad:
+            return None
+        try:
+            image = self.read_image(index)
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for broken files
+            self._bad.add(index)
+            self.skipped.append(warn_skipped(self.records[index]["path"], f"unreadable image ({error})"))
+            return None
+        target = self.target(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
 
 
-def collate(batch: Sequence[tuple]) -> tuple[list, list]:
-    """(images, targets) as two lists: detection images keep their own sizes."""
+def collate(batch: Sequence[tuple | None]) -> tuple[list, list]:
+    """(images, targets) as two lists: detection images keep their own sizes; unreadable images
+    (None) are left out."""
+    batch = [sample for sample in batch if sample is not None]
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+def skipped_files(*datasets) -> list[str]:
+    """The files the data sets (and the sets they wrap: subsets, concatenations) skipped."""
+    found: list[str] = []
+    for dataset in datasets:
+        for part in getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None) or dataset]:
+            if part is not dataset and (hasattr(part, "dataset") or hasattr(part, "datasets")):
+                found += skipped_files(part)
+            else:
+                found += [s for s in getattr(part, "skipped", []) if s not in found]
+    return found
 
 
 def batch_images(images: Sequence[torch.Tensor], size_divisible: int = 1) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -216,7 +228,10 @@ class _WithoutFlagged(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int):
-        image, target = self.dataset[index]
+        sample = self.dataset[index]
+        if sample is None:  # an unreadable image: dropped by `collate`
+            return None
+        image, target = sample
         return image, drop_flagged(target, self.keys)
 
 

@@ -55,13 +55,13 @@ class SynthParams:
     """What the generated set looks like; conf/data/synth_detection.yaml's `synth:` block."""
 
     seed: int = 0
-    train_images: int = 1024
+    train_images: int = 2048
     test_images: int = 256
     image_size: tuple[int, int] = (128, 128)  # (H, W)
-    objects: tuple[int, int] = (1, 4)
-    object_size: tuple[int, int] = (24, 72)  # longer side, pixels
+    objects: tuple[int, int] = (1, 3)
+    object_size: tuple[int, int] = (40, 88)  # longer side, pixels
     aspect: tuple[float, float] = (0.67, 1.5)  # width / height of the resized item
-    max_overlap: float = 0.35
+    max_overlap: float = 0.2
     difficult_visibility: float = 0.5
 
     def digest(self) -> str:

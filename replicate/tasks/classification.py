@@ -96,9 +96,10 @@ class ClassificationTask(L.LightningModule):
         """Called once per logging interval with that interval's batch errors (%)."""
         # Fig. 6's training curves: error averaged over each logging interval, not one batch.
         self.log("train/err", sum(errors) / len(errors), on_step=True)
-        # The final training error averages the last tenth of the iterations.
+        # The final training error averages the last tenth of the iterations (at least the last one).
         first_step = self.global_step + 1 - len(errors)
-        self._tail_errors += [e for i, e in enumerate(errors) if first_step + i >= 0.9 * self.recipe.max_steps]
+        tail = math.floor(0.9 * self.recipe.max_steps)
+        self._tail_errors += [e for i, e in enumerate(errors) if first_step + i >= tail]
         self._recent_errors.extend(errors)
         window = self._recent_errors
         if self.warming_up and len(window) == window.maxlen:

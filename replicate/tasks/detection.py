@@ -85,6 +85,8 @@ class DetectionTask(L.LightningModule):
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         images, targets = batch
+        if not images:  # every image of the batch was unreadable (dropped by `collate`): no step
+            return None
         losses = self.model(images, targets)
         if not isinstance(losses, Mapping) or not losses:
             raise TypeError(f"{type(self.model).__name__} must return a dict of losses in training mode, "
@@ -100,6 +102,8 @@ class DetectionTask(L.LightningModule):
     # -- evaluation ---------------------------------------------------------------------------
     def _collect(self, batch, stage: str) -> None:
         images, targets = batch
+        if not images:  # only unreadable images (dropped): nothing to score
+            return
         detections = self.model(images)
         for image, detection, target in zip(images, detections, targets):
             hw = (int(image.shape[-2]), int(image.shape[-1]))
