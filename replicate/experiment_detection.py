@@ -132,7 +132,9 @@ def pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int = 
     dropped.
     The inputs are prepared as the detector's (`subtract_mean`: the data's `channel_mean`
     normalisation; YOLO's inputs stay in [0, 1]); a trunk that returns several feature maps
-    (YOLOv3/v4's backbones) is classified from its last, deepest one.
+    (YOLOv3/v4's backbones) is classified from its last, deepest one. With `unit_features` the
+    last conv layer is then rescaled so that its feature map has unit RMS (the detector's new fc
+    layers start from initialisations that assume unit-scale inputs; the papers' come pre-trained).
     Returns the pre-training's final accuracy on its batches and its duration.
 
     It draws from its own random stream (seeded by `seed`) and leaves the global one as it found
@@ -179,9 +181,25 @@ def _pretrain_trunk(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int, 
         if step >= steps - max(1, steps // 10):  # accuracy over the last tenth of the steps
             correct += int((logits.argmax(1) == labels[index]).sum())
             seen += batch
+    feature_scale = None
+    if spec.get("unit_features"):
+        # The papers' fc6 (and fc7) come pre-trained with the conv layers; here they start new, from
+        # He et al.'s scaling, which assumes unit-scale inputs. Adam leaves conv5_3 at whatever scale
+        # its global-average-pooled classifier liked (RMS ~3.7 after 200 steps: fc7 norms ~120, and
+        # SGD at the papers' rates then diverges in the new head and collapses the trunk). Dividing
+        # the last conv layer's weights and bias by the feature map's RMS (a ReLU stack is
+        # positively homogeneous: the same features, rescaled) gives the new layers unit inputs.
+        convs = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            trunk.eval()
+            feature_scale = float(_deepest(trunk(x)).pow(2).mean().sqrt())
+            convs[-1].weight.div_(feature_scale)
+            if convs[-1].bias is not None:
+                convs[-1].bias.div_(feature_scale)
     trunk.train(was_training)
-    return {"pretrain_top1_acc": round(100.0 * correct / max(1, seen), 2),
-            "pretrain_seconds": round(time.perf_counter() - start, 2), "pretrain_steps": steps}
+    stats = {"pretrain_top1_acc": round(100.0 * correct / max(1, seen), 2),
+             "pretrain_seconds": round(time.perf_counter() - start, 2), "pretrain_steps": steps}
+    return stats if feature_scale is None else {**stats, "pretrain_feature_rms": round(feature_scale, 3)}
 
 
 PRETRAINED_PARTS = ("trunk", "features", "backbone", "network.backbone")

@@ -46,7 +46,8 @@ def rounding_tolerance(value: float) -> float:
 
 
 def _tolerance(spec: Mapping, cell: Mapping) -> float:
-    tol = cell.get("tolerance", spec.get("tolerance"))
+    """The cell's tolerance, else its table's, else the printed rounding."""
+    tol = cell.get("tolerance", spec.get("tolerance", "rounding"))
     if tol == "rounding":
         return rounding_tolerance(cell["paper"])
     if not isinstance(tol, (int, float)) or isinstance(tol, bool):

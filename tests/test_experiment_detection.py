@@ -184,3 +184,22 @@ def test_fast_rcnn_and_rcnn_stages_are_timed():
     assert set(fast_times) == {"conv", "region", "fc", "region_svd"} and all(v > 0 for v in fast_times.values())
     both = time_rcnn_vs_fast(rcnn, fast, images, boxes)
     assert set(both) == {"rcnn", "fast_rcnn"} and all(v > 0 for v in both.values())
+
+
+def test_pretraining_can_leave_the_trunk_at_unit_feature_scale(tiny_data):
+    """`unit_features`: the last conv layer divided by the feature map's RMS after pre-training, so
+    the detector's new fc layers see unit-scale inputs (a ReLU stack: the same features, rescaled)."""
+    from replicate.experiment_detection import pretrain_trunk
+    from replicate.models import build
+
+    spec = {"steps": 3, "lr": 0.001, "batch_size": 4, "image_size": 64}
+    plain = build("fast_rcnn_vgg16", num_classes=3, width_mult=0.0625).trunk
+    scaled = build("fast_rcnn_vgg16", num_classes=3, width_mult=0.0625).trunk
+    scaled.load_state_dict(plain.state_dict())
+    stats = pretrain_trunk(plain, spec, tiny_data / "data")
+    unit = pretrain_trunk(scaled, {**spec, "unit_features": True}, tiny_data / "data")
+    assert "pretrain_feature_rms" not in stats and unit["pretrain_feature_rms"] > 0
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain.eval()(x), scaled.eval()(x)
+    assert torch.allclose(a / unit["pretrain_feature_rms"], b, rtol=1e-4, atol=1e-6)

@@ -14,9 +14,10 @@ from replicate.config import PROJECT_ROOT, compose
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 # The resnet notebook has its own, more detailed checks below.
 OTHER_PAPERS = [p.stem for p in NOTEBOOKS if p.stem != "resnet"]
-# The budget is three minutes a notebook on two cores; this guard fails only on a
-# blow-up well past it (CI machines vary), the measured time is printed and kept in the README.
-SECONDS_GUARD = 300
+# The budget is four minutes a notebook on two quiet cores (DESIGN.md); this guard fails only on
+# a blow-up well past it (machines of this kind differ up to 2.5x), the measured time is printed
+# and kept in the README.
+SECONDS_GUARD = 600
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
