@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -229,8 +230,6 @@ def write_result(result: dict, path: Path, required: Sequence[str]) -> None:
     """`result.json`, written atomically, and only for a complete run: every field in `required`
     (what the tables read) present and finite, and at least one training step. Otherwise nothing
     is cached and `IncompleteRunError` names the run folder."""
-    import math
-
     bad = [k for k in required if not isinstance(result.get(k), (int, float)) or not math.isfinite(result[k])]
     if not result.get("steps"):
         bad.append("steps")
