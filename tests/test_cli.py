@@ -100,3 +100,12 @@ def test_notebook_force_deletes_the_planned_runs_or_the_named_one(tmp_path, monk
     assert executed[-1][2] == ["recipe.max_steps=20"]  # the override after --force is still an override
     assert main(["notebook", "resnet", "recipe.max_steps=20", "--force"]) == 0
     assert not folders["resnet20_cifar10"].exists()
+
+
+def test_a_corrupt_dataset_file_is_one_error_line_naming_it(tmp_path):
+    folder = write_idx_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not a gzip file")
+    done = cli(*RUN, f"paths.data_dir={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'runs'}")
+    assert done.returncode == 2 and done.stderr.startswith("error: ")
+    assert "train-images-idx3-ubyte.gz" in done.stderr and "fetch it again" in done.stderr
+    assert "Traceback" not in done.stderr

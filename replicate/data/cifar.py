@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DatasetMissingError
+from ..errors import CorruptFileError, DatasetMissingError
 from .tensor_datamodule import Splits
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -91,12 +91,12 @@ def read_batch(path: Path, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: not a CIFAR python batch with keys b'data' and {label_key!r} ({error!r}); "
             "delete the folder and extract the archive again."
         ) from error
     if data.ndim != 2 or data.shape[1] != 3 * NATIVE_SIZE * NATIVE_SIZE or len(labels) != len(data):
-        raise ValueError(f"{path}: expected data [N, 3072] and N labels, got {data.shape} and {labels.shape}.")
+        raise CorruptFileError(f"{path}: expected data [N, 3072] and N labels, got {data.shape} and {labels.shape}.")
     images = torch.from_numpy(data.reshape(-1, 3, NATIVE_SIZE, NATIVE_SIZE).copy())
     return images, torch.from_numpy(labels)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DatasetMissingError
+from ..errors import CorruptFileError, DatasetMissingError
 from .detection import DetectionDataset, Record, make_target, warn_skipped
 
 FOLDER = "coco"
@@ -67,7 +67,7 @@ def _load(annotation_file: Path):
             return COCO(str(annotation_file))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError) as error:
         # One file holds the whole split: nothing can be skipped around it.
-        raise ValueError(f"{annotation_file}: not a readable COCO annotation file ({type(error).__name__}: {error}); "
+        raise CorruptFileError(f"{annotation_file}: not a readable COCO annotation file ({type(error).__name__}: {error}); "
                          "fetch it again.") from error
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DatasetMissingError
+from ..errors import CorruptFileError, DatasetMissingError
 from .idx import read_idx
 from .tensor_datamodule import Splits
 
@@ -97,9 +97,9 @@ def read_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise DatasetMissingError(f"{folder}/ lacks the {split} split's {image_name} or {label_name}.")
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or images.dtype != torch.uint8:
-        raise ValueError(f"{image_path}: expected uint8 images [N, H, W], got {images.dtype} {tuple(images.shape)}.")
+        raise CorruptFileError(f"{image_path}: expected uint8 images [N, H, W], got {images.dtype} {tuple(images.shape)}.")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(
+        raise CorruptFileError(
             f"{label_path}: expected {len(images)} labels to match {image_path.name}, got shape {tuple(labels.shape)}."
         )
     return images.unsqueeze(1), labels.long()

@@ -2,7 +2,7 @@
 
 An IDX file is a 4-byte magic number (two zero bytes, a type code, the number of dimensions),
 one big-endian uint32 per dimension, then the values in C order. Anything that does not
-follow that layout raises `ValueError` naming the file, so a truncated download is reported
+follow that layout raises `CorruptFileError` (a `ValueError`) naming the file, so a truncated download is reported
 as such rather than as a reshape error deep inside torch.
 """
 
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import CorruptFileError
 
 # Type code -> big-endian numpy dtype (the IDX specification's six types).
 _DTYPES: dict[int, str] = {
@@ -36,13 +38,13 @@ def _read_bytes(path: Path) -> bytes:
     except (OSError, EOFError, zlib.error) as error:
         if isinstance(error, FileNotFoundError):
             raise
-        raise ValueError(f"{path}: not a readable gzip/IDX file ({error}); delete it and fetch it again.") from error
+        raise CorruptFileError(f"{path}: not a readable gzip/IDX file ({error}); delete it and fetch it again.") from error
 
 
 def parse_idx(raw: bytes, source: str = "<bytes>") -> torch.Tensor:
     """Decode the bytes of one IDX file; `source` names it in error messages."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: bad IDX magic number {raw[:4].hex() or '(empty file)'}; expected 0000 followed by a "
             f"type code in {{{', '.join(f'{c:02x}' for c in _DTYPES)}}} and the number of dimensions. "
             "The file is corrupt or not an IDX file; delete it and fetch it again."
@@ -51,12 +53,12 @@ def parse_idx(raw: bytes, source: str = "<bytes>") -> torch.Tensor:
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{source}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions announced).")
+        raise CorruptFileError(f"{source}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions announced).")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     expected = header + math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         state = "truncated" if len(raw) < expected else "longer than its header says"
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: IDX file {state}: shape {shape} needs {expected} bytes, found {len(raw)}. "
             "Delete it and fetch it again."
         )
