@@ -107,9 +107,10 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
         cfg = _anchor_paths(_hydra(base + user))
         check_floors(cfg)
         return _record_overrides(cfg, user)
-    # First the paper and profile alone (the user's overrides may name keys that only the
-    # experiment's groups have), then everything in order: experiment, then the user's.
-    cfg = _hydra(base)
+    # First the paper and profile alone, with the user's overrides of the profile (e.g. its
+    # substitutions; the others may name keys that only the experiment's groups have), then
+    # everything in order: experiment, then the user's.
+    cfg = _hydra(base + [o for o in user if o.lstrip("+~").startswith("profile.")])
     check_floors(cfg)
 
     known = cfg.paper.get("experiments") or {}

@@ -95,3 +95,11 @@ def test_reported_numbers_carry_source_and_tolerance():
         assert table.source and table.get("tolerance") is not None, table.id
         for cell in table.cells:
             assert isinstance(cell.paper, (int, float)), (table.id, cell.row)
+
+
+def test_a_users_override_of_the_profile_reaches_its_substitutions():
+    from replicate.config import compose
+
+    assert compose("resnet", "reduced", ["experiment=resnet20_cifar10"]).data.name == "fashion_mnist"
+    cfg = compose("resnet", "reduced", ["experiment=resnet20_cifar10", "profile.substitute_data.cifar10=cifar10"])
+    assert cfg.data.name == "cifar10"
