@@ -202,4 +202,6 @@ def test_pretraining_can_leave_the_trunk_at_unit_feature_scale(tiny_data):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         a, b = plain.eval()(x), scaled.eval()(x)
-    assert torch.allclose(a / unit["pretrain_feature_rms"], b, rtol=1e-4, atol=1e-6)
+    scale = float((a.flatten() @ b.flatten()) / (a.flatten() @ a.flatten()))
+    assert torch.allclose(a * scale, b, rtol=1e-4, atol=1e-6)  # the same features, rescaled
+    assert scale == pytest.approx(1 / unit["pretrain_feature_rms"], rel=0.02)  # (the RMS is stored rounded)
