@@ -10,10 +10,13 @@ dispatch to other kernels and may differ in the last bits, which the floors leav
 from __future__ import annotations
 
 import platform
+import random
 from functools import cache
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 
@@ -24,6 +27,31 @@ def prepare(cfg: DictConfig) -> None:
     if threads:
         torch.set_num_threads(int(threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+class RngState(Callback):
+    """Keeps the global random streams (torch's CPU and CUDA, NumPy's, Python's) in each checkpoint
+    and restores them on resume: dropout, mixup and the detection augmentations draw from them,
+    so a run resumed mid-training draws what the uninterrupted run drew."""
+
+    def state_dict(self) -> dict:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # Plain lists and numbers: the checkpoint stays loadable with weights_only=True.
+            "numpy": [kind, keys.tolist(), position, has_gauss, gauss],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
 
 
 @cache

@@ -95,6 +95,9 @@ def _quiet_lightning() -> None:
     # in-memory data); Lightning's advice to add workers does not apply.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning 2.6 itself
+    # The data modules keep the training order in the checkpoint themselves (data/sampler.py), so a
+    # mid-epoch resume is exact although the loader has no state_dict of its own.
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 def _loggers(cfg: DictConfig, directory: Path, name: str = "logs") -> list:
@@ -182,7 +185,7 @@ def _run_classifier(cfg: DictConfig, directory: Path, callbacks: Sequence[Callba
         val_check_interval=recipe.val_every_steps if recipe.val_every_steps else 1.0,
         check_val_every_n_epoch=None if recipe.val_every_steps else 1,
         num_sanity_val_steps=0,
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[checkpoint, determinism.RngState(), *callbacks],
         logger=_loggers(cfg, directory),
         default_root_dir=str(directory),
     )

@@ -316,7 +316,7 @@ def run_detection(cfg: DictConfig, directory: Path, callbacks: Sequence[Callback
             # Scoring mAP on the whole test set is costly: detection runs validate only when asked.
             val_check_interval=stage_recipe.val_every_steps if validate else None,
             check_val_every_n_epoch=None, limit_val_batches=1.0 if validate else 0,
-            num_sanity_val_steps=0, callbacks=[checkpoint, timer, *callbacks],
+            num_sanity_val_steps=0, callbacks=[checkpoint, timer, determinism.RngState(), *callbacks],
             logger=_loggers(cfg, directory, logs), default_root_dir=str(directory),
         )
         world = trainer.world_size

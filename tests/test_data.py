@@ -388,3 +388,30 @@ def test_real_fashion_mnist(tmp_path, monkeypatch):
     assert small.splits.train_x.shape == (60000, 1, 16, 16) and small.splits.test_x.shape == (100, 1, 16, 16)
     # Antialiased resizing keeps the overall brightness.
     assert abs(small.splits.train_x.float().mean() - s.train_x.float().mean()) < 1.0
+
+
+@pytest.mark.parametrize("batch_size,drop_last", [(4, True), (5, False)])
+def test_epoch_sampler_draws_the_shuffled_loaders_order_and_resumes_mid_epoch(batch_size, drop_last):
+    """`EpochSampler` gives the order of DataLoader(shuffle=True, generator seeded) epoch by epoch
+    (the numbers runs gave before it existed), and a resumed one starts on the next batch."""
+    from torch.utils.data import DataLoader
+
+    from replicate.data.sampler import EpochSampler
+
+    items = list(range(37))
+    plain = DataLoader(items, batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                       generator=torch.Generator().manual_seed(3))
+    sampler = EpochSampler(len(items), seed=3)
+    ours = DataLoader(items, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+    epochs = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        epochs.append([b.tolist() for b in ours])
+        assert epochs[-1] == [b.tolist() for b in plain]
+    assert epochs[1] != epochs[2]
+    fresh = EpochSampler(len(items), seed=3)  # a restarted process, resumed after 3 batches of epoch 2
+    fresh.resume_at(2, 3, batch_size)
+    fresh.set_epoch(2)
+    resumed = DataLoader(items, batch_size=batch_size, sampler=fresh, drop_last=drop_last)
+    assert [b.tolist() for b in resumed] == epochs[2][3:]
+    assert [b.tolist() for b in resumed] == epochs[2]  # only the first iteration skips

@@ -1,9 +1,12 @@
 """experiment.run: learning, the result cache, checkpoint resume, ResNet-110's warm-up, missing data."""
 
 import json
+from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from replicate import experiment
@@ -63,6 +66,32 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert result["resumed_from_step"] == 8 and result["steps"] == 24
     curves = experiment.load_curves(result)
     assert curves["step"].min() < 8 and curves["step"].max() >= 23  # both attempts' logs merged
+
+
+def _final_weights(result) -> dict:
+    state = torch.load(Path(result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return state["state_dict"]
+
+
+@pytest.mark.parametrize("name", ["resnet20_cifar10", "resnet110_cifar10"])
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_numbers(tmp_path, name):
+    """Checkpoints every 5 steps of 8-step epochs: the kill at step 13 resumes from step 10, in the
+    middle of the second epoch, with its augmentation stream and (ResNet-110) warm-up window."""
+    extra = {"recipe.checkpoint_every_steps": 5, "trainer.log_every_n_steps": 3}
+    if name == "resnet110_cifar10":
+        extra.update({"recipe.warmup.window": 4, "model.name": "resnet20"})
+    whole = experiment.run(small_cfg(tmp_path / "whole", name=name, steps=24, **extra))
+    cut = small_cfg(tmp_path / "cut", name=name, steps=24, **extra)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        experiment.run(cut, callbacks=[StopAt(13)])
+    resumed = experiment.run(small_cfg(tmp_path / "cut", name=name, steps=24, **extra))
+    assert resumed["resumed_from_step"] == 10 and resumed["steps"] == whole["steps"] == 24
+    for key in ("test_top1_err", "test_top5_err", "train_err_final"):
+        assert resumed[key] == whole[key], key
+    a, b = _final_weights(whole), _final_weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    curve = lambda result: experiment.load_curves(result).set_index("step")[["train/err", "lr"]].dropna()  # noqa: E731
+    pd.testing.assert_frame_equal(curve(resumed), curve(whole))
 
 
 def test_warmup_holds_lr_until_training_error_drops(tmp_path):

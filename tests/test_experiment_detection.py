@@ -205,3 +205,24 @@ def test_pretraining_can_leave_the_trunk_at_unit_feature_scale(tiny_data):
     scale = float((a.flatten() @ b.flatten()) / (a.flatten() @ a.flatten()))
     assert torch.allclose(a * scale, b, rtol=1e-4, atol=1e-6)  # the same features, rescaled
     assert scale == pytest.approx(1 / unit["pretrain_feature_rms"], rel=0.02)  # (the RMS is stored rounded)
+
+
+def test_a_detector_killed_mid_epoch_resumes_to_the_uninterrupted_numbers(tiny_data):
+    """YOLOv2 (augmentation, multi-scale sizes, the global random streams) with 6 batches an
+    epoch and a checkpoint every 4 steps: killed at step 7, it resumes from step 4, mid-epoch."""
+    from tests.test_experiment import StopAt
+
+    overrides = ["experiment=yolov2_voc0712", "data.synth.train_images=12", "data.synth.test_images=3",
+                 "data.synth.image_size=[64,80]", "data.synth.object_size=[14,40]", "model.width_mult=0.0625",
+                 "recipe.batch_size=2", "recipe.max_steps=10", "recipe.checkpoint_every_steps=4",
+                 "recipe.pretrain.steps=2", "recipe.pretrain.batch_size=4"]
+    whole = experiment.run(compose("yolov2", "reduced", [*overrides, f"paths.run_dir={tiny_data / 'whole'}"]))
+    cut = compose("yolov2", "reduced", [*overrides, f"paths.run_dir={tiny_data / 'cut'}"])
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        experiment.run(cut, callbacks=[StopAt(7)])
+    resumed = experiment.run(cut)
+    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == whole["steps"] == 10
+    assert resumed["test_map"] == whole["test_map"]
+    final = lambda result: torch.load(f"{result['run_dir']}/checkpoints/last.ckpt", map_location="cpu",  # noqa: E731
+                                      weights_only=False)["state_dict"]
+    assert _same(final(whole), final(resumed))

@@ -42,6 +42,7 @@ from torchvision.transforms import v2
 from ..errors import ConfigError, choices
 from . import transforms as T
 from .detection_augment import DetectionAugment
+from .sampler import TrainOrder
 from .tensor_datamodule import subset_indices
 
 DATASETS = ("voc2007", "voc2012", "voc0712", "coco", "synth_detection")
@@ -271,6 +272,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.train_subset, self.test_subset = train_subset, test_subset
         self.seed = int(seed)
         self.num_workers = int(num_workers)
+        self.order = TrainOrder(self.seed)
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
@@ -296,10 +298,23 @@ class DetectionDataModule(L.LightningDataModule):
             self.setup()
             dataset = self.train_set if train else self.test_set
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train, drop_last=train, collate_fn=collate,
+            dataset, batch_size=self.batch_size, drop_last=train, collate_fn=collate,
+            sampler=self.order.sampler(len(dataset), self.batch_size) if train else None,  # type: ignore[arg-type]
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
+
+    # -- resume: the training order and how far into its epoch training got (see `TrainOrder`) --
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self.order.trained()
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"order": self.order.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state["order"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True)

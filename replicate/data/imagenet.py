@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError, DatasetMissingError
 from . import transforms as T
+from .sampler import TrainOrder
 from .tensor_datamodule import subset_indices
 
 FOLDER = "imagenet"
@@ -166,6 +167,7 @@ class ImageNetDataModule(L.LightningDataModule):
         self.augment = augment
         self.normalize = normalize
         self.seed = int(seed)
+        self.order = TrainOrder(self.seed)
         self.num_workers = int(num_workers)
         self.train_subset = train_subset
         self.test_subset = test_subset
@@ -203,7 +205,8 @@ class ImageNetDataModule(L.LightningDataModule):
             self.setup()
         dataset, train = getattr(self, f"{split}_set"), split == "train"
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train, drop_last=train, num_workers=self.num_workers,
+            dataset, batch_size=self.batch_size, drop_last=train, num_workers=self.num_workers,
+            sampler=self.order.sampler(len(dataset), self.batch_size) if train else None,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
@@ -211,6 +214,18 @@ class ImageNetDataModule(L.LightningDataModule):
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """Batches are already augmented and normalised in the workers: passed through."""
         return x
+
+    # -- resume: the training order and how far into its epoch training got (see `TrainOrder`) --
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self.order.trained()
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"order": self.order.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state["order"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError
 from . import transforms as T
+from .sampler import TrainOrder
 
 
 class Splits(NamedTuple):
@@ -102,6 +103,8 @@ class TensorDataModule(L.LightningDataModule):
         self.splits: Splits | None = None
         self.mean: torch.Tensor | None = None  # [C, H, W] or [C, 1, 1] on the [0, 1] scale
         self._device_cache: dict[torch.device, tuple[torch.Tensor | None, torch.Generator]] = {}
+        self.order = TrainOrder(self.seed)
+        self._augment_states: dict[str, torch.Tensor] = {}  # restored from a checkpoint, per device
         # RandAugment (on uint8 images) and random erasing (on normalised ones), per sample.
         self.randaugment = v2.RandAugment(**randaugment) if randaugment else None
         self.random_erasing = v2.RandomErasing(p=random_erasing, value=0) if random_erasing else None
@@ -156,8 +159,9 @@ class TensorDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         s = self._require_setup()
         return DataLoader(
-            BatchedTensors(s.train_x, s.train_y), batch_size=self.batch_size, shuffle=True, drop_last=True,
-            num_workers=0, generator=torch.Generator().manual_seed(self.seed), collate_fn=_already_batched,
+            BatchedTensors(s.train_x, s.train_y), batch_size=self.batch_size, drop_last=True, num_workers=0,
+            sampler=self.order.sampler(len(s.train_y), self.batch_size), collate_fn=_already_batched,
+            generator=torch.Generator().manual_seed(self.seed),  # the loader's own draw: not the global stream
         )
 
     def _test_loader(self) -> DataLoader:
@@ -179,6 +183,8 @@ class TensorDataModule(L.LightningDataModule):
             # Its own generator: augmentation draws do not shift the model's initialisation, and
             # each process of a multi-device run augments differently.
             generator = torch.Generator(device=device).manual_seed(self.seed + 1 + rank)
+            if str(device) in self._augment_states:  # a resumed run: where the augmentation stream was
+                generator.set_state(self._augment_states.pop(str(device)))
             mean = None if self.mean is None else self.mean.to(device)
             self._device_cache[device] = (mean, generator)
         return self._device_cache[device]
@@ -215,4 +221,20 @@ class TensorDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
         train = self.trainer is not None and bool(self.trainer.training)
+        if train:
+            self.order.trained()
         return self.transform_batch(x, train), y
+
+    # -- resume -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Kept in each checkpoint: how far into its epoch training got, and where each device's
+        augmentation stream was, so that a resumed run draws what the uninterrupted one would."""
+        augment = {str(device): generator.get_state() for device, (_, generator) in self._device_cache.items()}
+        return {"order": self.order.state_dict(), "augment": augment}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state["order"])
+        self._augment_states = dict(state.get("augment", {}))
+        for device, (_, generator) in self._device_cache.items():
+            if str(device) in self._augment_states:
+                generator.set_state(self._augment_states.pop(str(device)))

@@ -74,7 +74,8 @@ class ClassificationTask(L.LightningModule):
         # Kept on the device and read once per logging interval: no GPU sync on every step.
         self._pending_errors.append((logits.detach().argmax(1) != y).float().mean())
         if len(self._pending_errors) >= self.trainer.log_every_n_steps or self.global_step + 1 >= self.recipe.max_steps:
-            self._track_training_error([100.0 * e for e in torch.stack(self._pending_errors).tolist()])
+            errors = torch.stack([e.to(logits.device) for e in self._pending_errors])  # some restored on the CPU
+            self._track_training_error([100.0 * e for e in errors.tolist()])
             self._pending_errors.clear()
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -157,13 +158,18 @@ class ClassificationTask(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # The warm-up state decides the learning rate, so it must survive a resume.
+    # The warm-up state and its window decide the learning rate, and the errors not yet logged
+    # decide the curves: all survive a resume, so that it continues as if never interrupted.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["warming_up"] = self.warming_up
+        checkpoint["recent_errors"] = list(self._recent_errors)
+        checkpoint["pending_errors"] = [float(e) for e in self._pending_errors]
         checkpoint["tail_errors"] = list(self._tail_errors)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.warming_up = checkpoint.get("warming_up", self.warming_up)
+        self._recent_errors.extend(checkpoint.get("recent_errors", []))
+        self._pending_errors = [torch.tensor(e) for e in checkpoint.get("pending_errors", [])]
         self._tail_errors = list(checkpoint.get("tail_errors", []))
 
 
