@@ -1,6 +1,7 @@
 """experiment.run: learning, the result cache, checkpoint resume, ResNet-110's warm-up, missing data."""
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -187,3 +188,63 @@ def test_a_bad_value_is_refused_at_compose_and_leaves_no_folder(tmp_path, overri
     with pytest.raises(ConfigError, match=f"{key}="):
         small_cfg(tmp_path, **dict([override.split("=", 1)]))
     assert not (tmp_path / "runs").exists()
+
+
+FREEZE_AND_RUN = """
+import os, signal, sys
+from lightning.pytorch.callbacks import Callback
+from replicate import experiment
+from replicate.config import compose
+
+class Freeze(Callback):  # stops this process where the test then kills it by its PID
+    def __init__(self, at):
+        self.at = at
+    def on_train_batch_start(self, trainer, *args):
+        if self.at != "test" and trainer.global_step == int(self.at):
+            os.kill(os.getpid(), signal.SIGSTOP)
+    def on_test_start(self, trainer, *args):
+        if self.at == "test":
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+experiment.run(compose("resnet", "reduced", sys.argv[2:]), callbacks=[Freeze(sys.argv[1])])
+"""
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads a process's state from /proc")
+@pytest.mark.parametrize("at,resumed_from", [("13", 12), ("test", 24)])
+def test_a_subprocess_killed_by_its_pid_leaves_a_run_that_finishes_with_the_uninterrupted_numbers(
+        tmp_path, at, resumed_from):
+    """kill -9 in the middle of an epoch (step 13 of 24, the last checkpoint at 12), and after the
+    final checkpoint (while testing): no result is cached by the killed process, and the rerun
+    gives the uninterrupted run's numbers exactly."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    extra = {"recipe.checkpoint_every_steps": 4, "trainer.log_every_n_steps": 3}
+    whole = experiment.run(small_cfg(tmp_path / "whole", steps=24, **extra))
+    cut = small_cfg(tmp_path / "cut", steps=24, **extra)
+    process = subprocess.Popen([sys.executable, "-c", FREEZE_AND_RUN, at, "experiment=resnet20_cifar10", *cut.overrides],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _stopped(process.pid):
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the run never reached the point where it is killed"
+            time.sleep(0.05)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    directory = experiment.run_dir(cut)
+    assert (directory / "checkpoints" / "last.ckpt").exists() and not (directory / "result.json").exists()
+    resumed = experiment.run(cut)  # the killed process's lock is gone with it
+    assert resumed["resumed_from_step"] == resumed_from and not resumed["cached"]
+    for key in ("steps", "test_top1_err", "test_top5_err", "train_err_final"):
+        assert resumed[key] == whole[key], key
+    assert experiment.run(cut)["cached"]
