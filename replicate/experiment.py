@@ -344,6 +344,10 @@ def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments
                 chance = result.get("untrained_map_50", result["untrained_map"])
                 score += f" (untrained: {chance:.2f}%)"
             print(f"{name:<22} {how:<28} {score}")
+            if result.get("skipped_files"):  # unreadable images, dropped from training and testing
+                skipped = result["skipped_files"]
+                print(f"{'':<22} skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:3])}"
+                      + (" ..." if len(skipped) > 3 else ""))
     return results
 
 

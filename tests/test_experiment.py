@@ -248,3 +248,16 @@ def test_a_subprocess_killed_by_its_pid_leaves_a_run_that_finishes_with_the_unin
     for key in ("steps", "test_top1_err", "test_top5_err", "train_err_final"):
         assert resumed[key] == whole[key], key
     assert experiment.run(cut)["cached"]
+
+
+def test_run_all_shows_the_files_a_detection_run_skipped(monkeypatch, capsys):
+    """A notebook's run cell says which unreadable images a run dropped (result.json keeps them)."""
+    skipped = [f"/data/VOCdevkit/VOC2007/JPEGImages/00000{i}.jpg" for i in range(5)]
+
+    def fake_run(cfg):
+        return {"experiment": cfg.experiment, "cached": True, "steps": 10, "test_map": 50.0, "skipped_files": skipped}
+
+    monkeypatch.setattr(experiment, "run", fake_run)
+    experiment.run_all("fast_rcnn", "reduced", experiments=["fast_rcnn_voc07"])
+    out = capsys.readouterr().out
+    assert "skipped 5 unreadable file(s): /data/VOCdevkit/VOC2007/JPEGImages/000000.jpg" in out and "..." in out
