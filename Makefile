@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup replicate replicate-full test lab clean-reports
+.PHONY: setup replicate replicate-full test test-fast lab clean-reports
 
 ## setup: the virtual environment in .venv, the package and its pins, and Fashion-MNIST
 setup: $(VENV)/.installed fashion-mnist
@@ -39,9 +39,16 @@ replicate: setup
 replicate-full: setup
 	$(BIN)/dvc repro
 
-## test: the test suite, notebooks executed by papermill on the reduced profile included
+## test: everything CI runs: the unit tier (two processes), then the slow tier: the reduced
+## replication as `make replicate` runs it (dvc repro: each notebook once, nothing again when it is
+## up to date) and the checks that read its reports, the full profile without datasets, compositions
 test: setup
-	$(BIN)/python -m pytest -q --durations=40
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -m slow --durations=40
+
+## test-fast: the unit tier alone (no notebook), for everyday work: at most 5 minutes on 2 cores
+test-fast: setup
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 ## lab: JupyterLab on the notebooks
 lab: setup

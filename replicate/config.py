@@ -11,6 +11,7 @@ raise `ConfigError` with the key and the allowed values.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -71,7 +72,28 @@ def _split(overrides: Sequence[str]) -> tuple[str | None, list[str]]:
     return experiment, rest
 
 
+def _conf_state() -> tuple:
+    """What the files under conf/ are now (name, size, modification time): a composition is
+    reused only while they have not changed (a notebook kernel sees an edited yaml)."""
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(CONF_DIR.rglob("*.yaml")))
+
+
+_COMPOSED: dict[tuple, DictConfig] = {}
+
+
 def _hydra(overrides: list[str]) -> DictConfig:
+    """Hydra's composition of conf/config.yaml with `overrides`, made once per process for the same
+    overrides and conf/ files (about 0.2 s each; a notebook composes the same paper many times).
+    Interpolations stay unresolved, so the environment (`oc.env`) is read at use, not cached."""
+    key = (tuple(overrides), _conf_state())
+    if key not in _COMPOSED:
+        if len(_COMPOSED) >= 1024:
+            _COMPOSED.clear()
+        _COMPOSED[key] = _compose_now(overrides)
+    return copy.deepcopy(_COMPOSED[key])
+
+
+def _compose_now(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -225,12 +247,13 @@ _TRAINING_CODE = ("models", "tasks", "data", "quant", "ops", "experiment.py", "e
                   "determinism.py")
 
 
-def code_fingerprint() -> str:
-    """A hash of the package sources that decide a run's result (models, tasks, data, experiment):
-    results trained by older code are not served as current ones."""
+def code_fingerprint(entries: Sequence[str] = _TRAINING_CODE) -> str:
+    """A hash of the package sources (`entries`, files or folders under replicate/) that decide a
+    result, by default a run's (models, tasks, data, experiment): results computed by older code
+    are not served as current ones."""
     package = PROJECT_ROOT / "replicate"
     digest = hashlib.sha256()
-    for entry in _TRAINING_CODE:
+    for entry in entries:
         target = package / entry
         for path in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
             digest.update(path.relative_to(package).as_posix().encode())

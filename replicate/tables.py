@@ -16,6 +16,8 @@ a reproduction.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import operator
@@ -31,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import models
 from .complexity import QUANTITIES, Complexity, count
+from .config import code_fingerprint
 from .errors import ConfigError, CorruptFileError, ExactTableMismatch, FloorNotMet
 
 COLUMNS = ["table", "row", "metric", "paper", "ours", "unit", "delta", "tolerance", "status", "source", "note"]
@@ -106,6 +109,7 @@ class Report:
         self.figures: dict[str, tuple[matplotlib.figure.Figure, pd.DataFrame | None]] = {}
         self.runs: dict[str, dict] = {}
         self._counted: dict[tuple, Complexity] = {}
+        self._code: str | None = None
         self.overrides = list(cfg.get("overrides") or [])
         if self.overrides:  # the notebook's first output says that this is not the standard report
             print(f"Not the standard {self.profile} report: made with the overrides {self.overrides}.")
@@ -136,10 +140,32 @@ class Report:
         """
         key = (name, tuple(input_size), module, tuple(sorted(kwargs.items())))
         if key not in self._counted:
-            with torch.device("meta"):
-                model = models.build(name, **kwargs)
-            self._counted[key] = count(model, input_size, module=module)
+            self._counted[key] = self._stored_count(name, tuple(input_size), module, kwargs)
         return self._counted[key]
+
+    def _stored_count(self, name: str, input_size: tuple, module: str | None, kwargs: dict) -> Complexity:
+        """A count kept on disk (`paths.count_dir`, runs/counts/) under the model, its kwargs, the input size and
+        the counting and model code: the reduced and full executions of a notebook, and every later
+        one, count each network once (ResNet-1202 takes half a minute)."""
+        if self._code is None:
+            self._code = code_fingerprint(("models", "ops", "complexity.py")) + torch.__version__
+        blob = json.dumps([name, list(input_size), module, sorted(kwargs.items()), self._code], default=str)
+        path = Path(self.cfg.paths.count_dir) / f"{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+        try:
+            return Complexity(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # not counted yet, or a damaged file: count again
+            pass
+        with torch.device("meta"):
+            model = models.build(name, **kwargs)
+        counted = count(model, input_size, module=module)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(dataclasses.asdict(counted)))
+            os.replace(tmp, path)
+        except OSError:  # a read-only run folder: counting again next time is all it costs
+            pass
+        return counted
 
     def exact(self, table_id: str, counter: Callable[[Mapping, Mapping], float] | None = None) -> pd.DataFrame:
         """Cells computed from the model definitions. A cell may override the table's

@@ -13,6 +13,7 @@ def test_groups_present():
     assert g["profile"] == ["full", "reduced"] and g["logger"] == ["csv", "wandb"]
 
 
+@pytest.mark.slow  # about 250 compositions: 40 s a profile
 @pytest.mark.parametrize("profile", ["reduced", "full"])
 def test_every_experiment_of_every_paper_composes(profile):
     for paper in groups()["paper"]:

@@ -1,6 +1,7 @@
 """Reported-vs-measured tables: statuses, tolerances, checks, written reports, scoreboard."""
 
 import json
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -12,7 +13,8 @@ from replicate.tables import COLUMNS, Report, rounding_tolerance, write_scoreboa
 
 @pytest.fixture
 def cfg(tmp_path):
-    return compose("resnet", "reduced", [f"paths.report_dir={tmp_path / 'reports'}"])
+    return compose("resnet", "reduced", [f"paths.report_dir={tmp_path / 'reports'}",
+                                         f"paths.count_dir={tmp_path / 'counts'}"])
 
 
 def fake_result(name, err, train_err=None, profile="reduced", dataset="fashion_mnist"):
@@ -32,6 +34,23 @@ def test_exact_tables_match_the_paper(cfg):
         assert list(frame.columns) == COLUMNS
         assert frame["status"].isin(["match", "explained"]).all(), frame
     assert report.exact("table1").set_index("row").loc["ResNet-34", "status"] == "explained"  # 3.664, printed 3.6
+
+
+def test_counts_are_kept_on_disk_and_recounted_when_the_model_code_changes(cfg, monkeypatch):
+    from replicate import models, tables
+
+    first = Report(cfg).exact("table6_params")
+    assert len(list(Path(cfg.paths.count_dir).glob("*.json"))) == len(first)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a stored count is read, not recounted")
+
+    monkeypatch.setattr(models, "build", no_build)
+    again = Report(cfg).exact("table6_params")
+    assert again["ours"].tolist() == first["ours"].tolist()
+    monkeypatch.setattr(tables, "code_fingerprint", lambda entries: "edited")  # another model code
+    with pytest.raises(AssertionError, match="recounted"):
+        Report(cfg).exact("table6_params")
 
 
 def test_a_wrong_paper_value_is_off_and_fails_the_check(cfg):
