@@ -52,4 +52,4 @@ test-fast: setup
 
 ## lab: JupyterLab on the notebooks
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

@@ -19,11 +19,10 @@ from .config import PROJECT_ROOT, compose, compose_defaults, groups
 from .errors import ReplicateError
 
 
-def _run(args: argparse.Namespace) -> None:
-    from .experiment import run, with_backbone_from
-
+def _paper_profile(items: list[str], command: str) -> tuple[str, str, list[str]]:
+    """`paper=<id>` and `profile=<name>` taken out of a command line's key=value overrides."""
     paper, profile, overrides = None, "reduced", []
-    for item in args.overrides:
+    for item in items:
         key, _, value = item.partition("=")
         if key == "paper":
             paper = value
@@ -32,10 +31,33 @@ def _run(args: argparse.Namespace) -> None:
         else:
             overrides.append(item)
     if paper is None:
-        raise ReplicateError("Name the paper: python -m replicate run paper=<id> experiment=<name> [overrides]")
+        raise ReplicateError(f"Name the paper: python -m replicate {command} paper=<id> experiment=<name> [overrides]. "
+                             f"Papers: {', '.join(groups()['paper'])}.")
+    return paper, profile, overrides
+
+
+def _config(args: argparse.Namespace) -> None:
+    from omegaconf import OmegaConf
+
+    from .config import config_hash
+
+    paper, profile, overrides = _paper_profile(args.overrides, "config")
+    cfg = compose(paper, profile, overrides)
+    shown = cfg if args.all else {k: v for k, v in cfg.items() if k != "paper"}
+    print(OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(OmegaConf.create(shown), resolve=True))), end="")
+    if cfg.experiment is not None:
+        from .experiment import run_dir
+
+        print(f"# config hash {config_hash(cfg)}; run folder {run_dir(cfg)}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .experiment import run, with_backbone_from
+
+    paper, profile, overrides = _paper_profile(args.overrides, "run")
     cfg = with_backbone_from(compose(paper, profile, overrides), paper, profile,
                              [o for o in overrides if not o.startswith("experiment=")])
-    result = run(cfg, force=args.force)
+    result = run(cfg, force=args.force, log_cached=args.log_cached)
     print(json.dumps(result, indent=2))
 
 
@@ -149,16 +171,43 @@ def _groups(args: argparse.Namespace) -> None:
         print(f"experiment (paper={paper}): {', '.join(cfg.paper.get('experiments') or [])}")
 
 
+def _run_epilog() -> str:
+    names = groups()
+    lines = ["config groups (choose with group=option; any key with key=value):"]
+    lines += [f"  {group:<9} {', '.join(options)}" for group, options in names.items()]
+    return "\n".join([
+        *lines, "",
+        "examples:",
+        "  python -m replicate run paper=resnet experiment=resnet20_cifar10",
+        "  python -m replicate run paper=resnet experiment=resnet20_cifar10 recipe.max_steps=60 seed=1",
+        "  python -m replicate run paper=resnet experiment=resnet110_cifar10 profile=full trainer.devices=8",
+        "  python -m replicate run paper=yolov2 experiment=yolov2_voc0712 logger=wandb",
+        "  python -m replicate config paper=resnet experiment=resnet20_cifar10   # what would run",
+        "  python -m replicate groups            # each paper's experiments",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m replicate", description=__doc__,
+    prog = "python -m replicate" if sys.argv[0].endswith("__main__.py") else Path(sys.argv[0]).name
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true", help="show the traceback of an error, not only its line")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="train/evaluate one experiment (cached by config hash)")
+    p = sub.add_parser("run", help="train/evaluate one experiment (cached by config hash)",
+                       description="Train and test one experiment, cached under the hash of its resolved config in "
+                                   "runs/<paper>/<experiment>/<hash>/ (an interrupted run resumes exactly).",
+                       epilog=_run_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="paper=<id> experiment=<name> [profile=reduced|full] [key=value ...]")
     p.add_argument("--force", action="store_true", help="train again even if a finished result exists")
+    p.add_argument("--log-cached", action="store_true",
+                   help="with logger=wandb: upload a cached run's stored metrics to its W&B run")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("config", help="print the resolved config of a paper or experiment (and its hash)")
+    p.add_argument("overrides", nargs="*", help="paper=<id> [experiment=<name>] [profile=reduced|full] [key=value ...]")
+    p.add_argument("--all", action="store_true", help="include the paper's tables and reported values")
+    p.set_defaults(func=_config)
 
     p = sub.add_parser("notebook", help="execute a paper's notebook with papermill into reports/")
     p.add_argument("paper")

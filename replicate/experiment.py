@@ -105,16 +105,62 @@ def _loggers(cfg: DictConfig, directory: Path, name: str = "logs") -> list:
     attempt = 1 + sum(1 for _ in (directory / name).glob("attempt-*"))
     loggers = [CSVLogger(save_dir=str(directory), name=name, version=f"attempt-{attempt}")]
     if cfg.logger.name == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(WandbLogger(project=cfg.logger.project, mode=cfg.logger.mode, save_dir=str(directory),
-                                   name=f"{cfg.paper.id}/{cfg.experiment}" + name[len("logs"):], config=OmegaConf.to_container(cfg)))
+        loggers.append(wandb_logger(cfg, directory, name[len("logs"):]))
     elif cfg.logger.name != "csv":
         raise ConfigError(f"logger={cfg.logger.name!r} is not supported. Allowed: csv, wandb.")
     return loggers
 
 
-def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] = ()) -> dict:
+def wandb_id(cfg: DictConfig, stage: str = "") -> str:
+    """The experiment's W&B run id: stable (the config hash), so a resumed run continues its own
+    W&B run; `stage` ("/step1"...) names one fit of a multi-fit training (Faster R-CNN's 4 steps)."""
+    return f"{cfg.paper.id}-{cfg.experiment}-{config_hash(cfg)}{stage.replace('/', '-')}"
+
+
+def wandb_logger(cfg: DictConfig, directory: Path, stage: str = ""):
+    """One W&B run per experiment (and per fit of a multi-fit training): its id from the config
+    hash, grouped by paper, tagged with the profile and experiment, holding the experiment's own
+    config (what its hash covers), not the paper's tables. A run still open in this process (the
+    previous experiment of a notebook) is finished first rather than written into."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from .config import run_spec
+
+    return WandbLogger(project=cfg.logger.project, mode=cfg.logger.mode, save_dir=str(directory),
+                       id=wandb_id(cfg, stage), resume="allow", name=f"{cfg.paper.id}/{cfg.experiment}{stage}",
+                       group=cfg.paper.id, tags=[cfg.profile.name, cfg.experiment], config=run_spec(cfg),
+                       reinit="finish_previous")
+
+
+def finish_wandb(cfg: DictConfig) -> None:
+    """Close the W&B run of an experiment that logged to one (a no-op otherwise)."""
+    if cfg.logger.name == "wandb":
+        import wandb
+
+        wandb.finish()
+
+
+def log_cached_to_wandb(cfg: DictConfig, result: dict) -> None:
+    """Upload a cached run's stored curves (its CSV logs) and final metrics to its own W&B run
+    (the same id it had, or would have had, when it trained)."""
+    import wandb
+
+    directory = Path(result["run_dir"])
+    from .config import run_spec
+
+    with wandb.init(project=cfg.logger.project, mode=cfg.logger.mode, dir=str(directory), id=wandb_id(cfg),
+                    resume="allow", name=f"{cfg.paper.id}/{cfg.experiment}", group=cfg.paper.id,
+                    tags=[cfg.profile.name, cfg.experiment, "from-cache"], config=run_spec(cfg),
+                    reinit="finish_previous") as logged:
+        curves = load_curves(result)
+        for step, row in curves.set_index("step").iterrows():
+            values = {k: float(v) for k, v in row.items() if pd.notna(v) and k not in ("epoch",)}
+            if values:
+                logged.log(values, step=int(step))
+        logged.summary.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and k != "cached"})
+
+
+def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] = (), log_cached: bool = False) -> dict:
     """Train and test the experiment `cfg` describes and return its metrics (errors in percent;
     detectors: `experiment_detection.run_detection`, test mAP).
 
@@ -123,6 +169,9 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
     writes a run folder at a time (`hold`): a second launch of the same config waits for the
     first and then returns its result, and `force` refuses to delete a folder another process
     is writing.
+
+    With `logger=wandb`, the run logs to its own W&B run (`wandb_logger`). A cached run trains
+    nothing and so logs nothing: it says so, and `log_cached=True` uploads its stored metrics.
     """
     from . import experiment_detection  # detection data sets: their own branch (test mAP)
 
@@ -130,14 +179,28 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
         raise ConfigError("run() needs an experiment: compose(paper, profile, ['experiment=<name>']).")
     directory = run_dir(cfg)
     if (directory / "result.json").exists() and not force:
-        return load_result(directory)
+        return _cached(cfg, directory, log_cached)
     with hold(directory, force=force):
         if (directory / "result.json").exists() and not force:  # finished while we waited
-            return load_result(directory)
+            return _cached(cfg, directory, log_cached)
         if force:  # start clean: no stale checkpoint to resume from, no old curves to merge
             shutil.rmtree(directory, ignore_errors=True)
         train = experiment_detection.run_detection if experiment_detection.is_detection(cfg) else _run_classifier
-        return train(cfg, directory, callbacks)
+        try:
+            return train(cfg, directory, callbacks)
+        finally:
+            finish_wandb(cfg)
+
+
+def _cached(cfg: DictConfig, directory: Path, log_cached: bool) -> dict:
+    result = load_result(directory)
+    if cfg.logger.name == "wandb":
+        if log_cached:
+            log_cached_to_wandb(cfg, result)
+        else:
+            print(f"{cfg.paper.id}/{cfg.experiment}: cached in {directory}, so nothing was logged to W&B now. "
+                  "Upload its stored metrics with `python -m replicate run ... logger=wandb --log-cached`.", flush=True)
+    return result
 
 
 @contextmanager

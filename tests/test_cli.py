@@ -109,3 +109,30 @@ def test_a_corrupt_dataset_file_is_one_error_line_naming_it(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("error: ")
     assert "train-images-idx3-ubyte.gz" in done.stderr and "fetch it again" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_config_prints_the_resolved_config_and_its_hash(capsys):
+    assert main(["config", "paper=resnet", "experiment=resnet20_cifar10", "recipe.max_steps=60"]) == 0
+    out = capsys.readouterr().out
+    assert "max_steps: 60" in out and "name: fashion_mnist" in out and "# config hash " in out
+    assert "tables:" not in out  # the paper's reported values only with --all
+    assert main(["config", "paper=resnet", "--all"]) == 0 and "tables:" in capsys.readouterr().out
+    assert main(["config", "experiment=resnet20_cifar10"]) == 2
+    assert "Name the paper" in capsys.readouterr().err
+
+
+def test_run_help_lists_the_groups_and_examples(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "profile   full, reduced" in out and "resnet_cifar" in out and "examples:" in out
+    assert "--log-cached" in out
+
+
+def test_the_replicate_console_script_is_declared():
+    import tomllib
+
+    scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["replicate"] == "replicate.cli:main"

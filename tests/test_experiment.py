@@ -261,3 +261,31 @@ def test_run_all_shows_the_files_a_detection_run_skipped(monkeypatch, capsys):
     experiment.run_all("fast_rcnn", "reduced", experiments=["fast_rcnn_voc07"])
     out = capsys.readouterr().out
     assert "skipped 5 unreadable file(s): /data/VOCdevkit/VOC2007/JPEGImages/000000.jpg" in out and "..." in out
+
+
+def test_wandb_logs_each_experiment_of_a_process_to_its_own_run(tmp_path, monkeypatch, capsys):
+    """Offline W&B: two experiments in one process give two W&B runs, each in its own run folder
+    with its own id (from the config hash), config and metrics; a cached rerun logs nothing and
+    says so, and uploads its stored metrics on request."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    names = ("resnet20_cifar10", "plain20_cifar10")
+    logged = {}
+    for name in names:
+        cfg = small_cfg(tmp_path, name=name, steps=8, logger="wandb")
+        result = experiment.run(cfg)
+        folders = list((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
+        assert len(folders) == 1 and folders[0].name.endswith(experiment.wandb_id(cfg))
+        # The offline run's records (config, history, summary) are protobuf: their keys and
+        # values appear as plain strings.
+        logged[name] = b"".join(p.read_bytes() for p in folders[0].glob("*.wandb"))
+    for name, other in (names, names[::-1]):
+        assert name.encode() in logged[name] and other.encode() not in logged[name]
+        assert b"train/loss" in logged[name] and b"test/top1_acc" in logged[name]
+        assert b"resnet" in logged[name] and b"Table 6" not in logged[name]  # grouped by paper; no tables
+    cfg = small_cfg(tmp_path, name=names[0], steps=8, logger="wandb")
+    result = experiment.run(cfg)
+    assert result["cached"] and "nothing was logged to W&B" in capsys.readouterr().out
+    experiment.run(cfg, log_cached=True)
+    folders = list((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and all(f.name.endswith(experiment.wandb_id(cfg)) for f in folders)
