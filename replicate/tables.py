@@ -97,6 +97,11 @@ def _exact_status(spec: Mapping, cell: Mapping, delta: float, tol: float) -> dic
         return {"status": "explained", "note": _join(cell.get("note"), f"{why['reason']} ({expected})")}
     return {"status": "off", "note": _join(cell.get("note"), f"{expected}, not met: {why['reason']}")}
 
+# The status column's colours (Bootstrap's pale alert colours): green, amber, red, blue, grey.
+STATUS_COLOURS = {"match": "#d4edda", "explained": "#fff3cd", "off": "#f8d7da", "reduced": "#d1ecf1",
+                  "not_run": "#e2e3e5"}
+
+
 class Report:
     """Collects one paper's regenerated tables, plots and checks for one profile."""
 
@@ -320,8 +325,18 @@ class Report:
             lines.append(f"- {r.row}: {verdict} here ({r.note}).")
         return "\n".join(lines)
 
-    def view(self, table_id: str) -> pd.DataFrame:
-        """The table as a reader wants it: formatted numbers, ± tolerance, extra columns."""
+    def view(self, table_id: str):
+        """The table as a reader sees it in Lab and in the HTML export (a pandas Styler): whole
+        notes, no index, numbers formatted, the status coloured."""
+        shown = self.formatted(table_id)
+        numbers = [c for c in shown.columns if pd.api.types.is_float_dtype(shown[c])]
+        return (shown.style.hide(axis="index")
+                .format(_fmt, subset=numbers)
+                .map(lambda status: f"background-color: {STATUS_COLOURS.get(status, 'transparent')}", subset=["status"])
+                .set_properties(subset=["note"], **{"white-space": "normal", "text-align": "left", "min-width": "24em"}))
+
+    def formatted(self, table_id: str) -> pd.DataFrame:
+        """The table's shown columns as text and numbers: formatted values, ± tolerance, extra columns."""
         frame = self.frames[table_id]
         shown = frame[["row", "metric", "paper", "ours", "delta", "tolerance", "status", "note"]].copy()
         for col in ("ours", "delta"):
@@ -383,7 +398,7 @@ class Report:
                  f"Profile: **{self.profile}**. Status: " + ", ".join(f"{k} {v}" for k, v in self.counts().items()), ""]
         for table_id in self.frames:
             lines += [f"## {specs[table_id].title}", "", f"Source: {specs[table_id].source}.", ""]
-            lines += [self.view(table_id).to_markdown(index=False, floatfmt=".4g"), ""]
+            lines += [self.formatted(table_id).to_markdown(index=False, floatfmt=".4g"), ""]
         if self.runs:
             lines += ["## Runs", "", pd.DataFrame(
                 [{"experiment": k, **{c: v.get(c) for c in _run_columns(self.runs) + ("train_seconds", "cached")}}

@@ -257,3 +257,15 @@ def test_a_floor_too_close_to_the_untrained_score_fails_the_check(cfg):
         report.check()
     report.runs.update(planned_results(resnet20_cifar10={**untrained, "untrained_map": 0.9}))
     report.check()
+
+
+def test_view_shows_whole_notes_no_index_formatted_numbers_and_a_coloured_status(cfg):
+    report = Report(cfg)
+    report.exact("table1")
+    note = "a note much longer than pandas' fifty-character column limit, which must be shown whole"
+    report.frames["table1"].loc[0, "note"] = note
+    html = report.view("table1").to_html()
+    assert note in html and "#d4edda" in html  # match: green
+    assert "row_heading" not in html  # no index column
+    assert "3.6" in html and "3.6000000" not in html
+    assert report.formatted("table1").loc[0, "note"] == note
