@@ -50,6 +50,6 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
-## lab: JupyterLab on the notebooks
+## lab: JupyterLab on the notebooks (as root too); notebooks/ are saved without outputs
 lab: setup
-	$(BIN)/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+	$(BIN)/jupyter lab notebooks/ --config=jupyter_server_config.py $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

@@ -5,6 +5,10 @@
     python -m replicate data fashion_mnist                    # make a dataset ready (DVC stages)
     python -m replicate scoreboard                            # reports/scoreboard.md
     python -m replicate groups                                # config groups, papers' experiments
+    python -m replicate config paper=resnet experiment=resnet20_cifar10   # the resolved config, its hash
+    python -m replicate evaluate paper=resnet experiment=resnet20_cifar10 --checkpoint best
+
+(`replicate ...` is the same command, installed as a console script.)
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ def _config(args: argparse.Namespace) -> None:
         print(f"# config hash {config_hash(cfg)}; run folder {run_dir(cfg)}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from .experiment import evaluate
+
+    paper, profile, overrides = _paper_profile(args.overrides, "evaluate")
+    print(json.dumps(evaluate(compose(paper, profile, overrides), args.checkpoint), indent=2))
+
+
 def _run(args: argparse.Namespace) -> None:
     from .experiment import run, with_backbone_from
 
@@ -61,8 +72,10 @@ def _run(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
-def execute_notebook(paper: str, profile: str, overrides: list[str], report_root: Path) -> Path:
-    """Execute notebooks/<paper>.ipynb with papermill into reports/<paper>/<profile>/.
+def execute_notebook(paper: str, profile: str, overrides: list[str], report_root: Path, echo: bool = False) -> Path:
+    """Execute notebooks/<paper>.ipynb with papermill into reports/<paper>/<profile>/. With `echo`,
+    what the kernel prints (each run's progress lines, run_all's summary) is passed through to
+    this process's stdout and stderr as it comes: a DVC stage or a cluster job shows progress.
 
     Everything is written into a staging folder first and renamed into place only when the
     notebook succeeds; on failure the staging folder is kept as `<profile>.failed/` (for the
@@ -85,6 +98,7 @@ def execute_notebook(paper: str, profile: str, overrides: list[str], report_root
             str(notebook), str(staging / notebook.name),
             parameters={"profile": profile, "overrides": list(overrides), "report_dir": str(staging.resolve())},
             cwd=str(PROJECT_ROOT), progress_bar=False, log_output=False,
+            stdout_file=sys.stdout if echo else None, stderr_file=sys.stderr if echo else None,
         )
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
@@ -131,7 +145,7 @@ def _notebook(args: argparse.Namespace) -> None:
     if args.force is not None:
         for folder in forget_runs(args.paper, args.profile, overrides + args.overrides, args.force or None):
             print(f"--force: deleted {folder}")
-    out = execute_notebook(args.paper, args.profile, overrides + args.overrides, root)
+    out = execute_notebook(args.paper, args.profile, overrides + args.overrides, root, echo=True)
     print(f"{args.paper} ({args.profile}): reports in {out}")
 
 
@@ -203,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-cached", action="store_true",
                    help="with logger=wandb: upload a cached run's stored metrics to its W&B run")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("evaluate", help="test a trained classifier's last or best checkpoint (or a file) again")
+    p.add_argument("overrides", nargs="*", help="paper=<id> experiment=<name> [profile=reduced|full] [key=value ...]")
+    p.add_argument("--checkpoint", default="last", help="last (default), best, or a checkpoint file")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("config", help="print the resolved config of a paper or experiment (and its hash)")
     p.add_argument("overrides", nargs="*", help="paper=<id> [experiment=<name>] [profile=reduced|full] [key=value ...]")

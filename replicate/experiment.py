@@ -4,6 +4,7 @@ A run lives in `<paths.run_dir>/<paper>/<experiment>/<hash>/`:
 
     config.yaml          the resolved config
     checkpoints/last.ckpt  written every `recipe.checkpoint_every_steps`; a rerun resumes from it
+    checkpoints/best.ckpt  the best validation top-1 (classifiers; `evaluate(cfg, "best")` tests it)
     logs/attempt-N/metrics.csv  Lightning's CSV log of each attempt (a resume starts a new one)
     result.json          written last and atomically: its presence means the run is finished
 
@@ -36,7 +37,9 @@ from . import determinism, models
 from .complexity import count_params
 from .config import compose, config_hash
 from .data import build_datamodule
-from .errors import ConfigError, CorruptFileError, DatasetMissingError, IncompleteRunError, RunLockedError, choices
+from .errors import (ConfigError, CorruptFileError, DatasetMissingError, IncompleteRunError, ReplicateError,
+                     RunLockedError, choices)
+from .guard import RefuseFullOnCpu
 from .tasks import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ def build_model(cfg: DictConfig):
     return quant.apply_training_noise(model, cfg.get("quant"))
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # In-memory datasets are fed without worker processes on purpose (DESIGN: no workers for
@@ -100,7 +103,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
-def _loggers(cfg: DictConfig, directory: Path, name: str = "logs") -> list:
+def run_loggers(cfg: DictConfig, directory: Path, name: str = "logs") -> list:
     """CSV logs in `directory`/`name`/attempt-<n> (a resumed run is the next attempt), and W&B if asked."""
     attempt = 1 + sum(1 for _ in (directory / name).glob("attempt-*"))
     loggers = [CSVLogger(save_dir=str(directory), name=name, version=f"attempt-{attempt}")]
@@ -109,6 +112,15 @@ def _loggers(cfg: DictConfig, directory: Path, name: str = "logs") -> list:
     elif cfg.logger.name != "csv":
         raise ConfigError(f"logger={cfg.logger.name!r} is not supported. Allowed: csv, wandb.")
     return loggers
+
+
+def progress_log(cfg: DictConfig, recipe: DictConfig, stage: str = "") -> list[Callback]:
+    """Progress as lines (`ProgressLog`) when Lightning's progress bar is off, as it is by default."""
+    if cfg.trainer.get("enable_progress_bar"):
+        return []
+    from .progress import ProgressLog
+
+    return [ProgressLog(f"{cfg.paper.id}/{cfg.experiment}{stage}", recipe.max_steps, recipe.batch_size)]
 
 
 def wandb_id(cfg: DictConfig, stage: str = "") -> str:
@@ -233,13 +245,18 @@ def hold(directory: Path, *, force: bool = False):
 def _run_classifier(cfg: DictConfig, directory: Path, callbacks: Sequence[Callback]) -> dict:
     """`run`'s classification branch: train and test in `directory` (resumed from its checkpoint)."""
     result_path = directory / "result.json"
-    _quiet_lightning()
+    quiet_lightning()
     determinism.prepare(cfg)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     recipe = cfg.recipe
     checkpoint = ModelCheckpoint(dirpath=directory / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=recipe.checkpoint_every_steps)
+    # The best validation score's weights too (checkpoints/best.ckpt), for a user who selects on
+    # validation. The tables report the last weights: our validation set is the test set, as in
+    # the paper's curves, and selecting on it would flatter the result.
+    best = ModelCheckpoint(dirpath=directory / "checkpoints", filename="best", monitor="val/top1_acc", mode="max",
+                           save_top_k=1, save_last=False, enable_version_counter=False)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_steps=recipe.max_steps,
@@ -248,8 +265,8 @@ def _run_classifier(cfg: DictConfig, directory: Path, callbacks: Sequence[Callba
         val_check_interval=recipe.val_every_steps if recipe.val_every_steps else 1.0,
         check_val_every_n_epoch=None if recipe.val_every_steps else 1,
         num_sanity_val_steps=0,
-        callbacks=[checkpoint, determinism.RngState(), *callbacks],
-        logger=_loggers(cfg, directory),
+        callbacks=[checkpoint, best, determinism.RngState(), *progress_log(cfg, recipe), *callbacks],
+        logger=run_loggers(cfg, directory),
         default_root_dir=str(directory),
     )
     if recipe.batch_size % trainer.world_size:
@@ -260,11 +277,12 @@ def _run_classifier(cfg: DictConfig, directory: Path, callbacks: Sequence[Callba
         num_workers=min(8, os.cpu_count() or 1) if cfg.data.name == "imagenet" else 0,
         randaugment=recipe.get("randaugment"), random_erasing=recipe.get("random_erasing", 0.0) or 0.0,
     )
+    trainer.callbacks.append(RefuseFullOnCpu(cfg, getattr(datamodule, "input_size", None)))
     model = build_model(cfg)
     task = ClassificationTask(model, recipe, num_classes=cfg.data.num_classes, channels_last=cfg.speed.channels_last, compile_model=cfg.speed.compile)
     last = directory / "checkpoints" / "last.ckpt"
     resumed_from = str(last) if last.exists() else None
-    resumed_step = _checkpoint_step(resumed_from)  # read now: fit() overwrites last.ckpt
+    resumed_step = checkpoint_step(resumed_from)  # read now: fit() overwrites last.ckpt
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=resumed_from)
     train_seconds = time.perf_counter() - start
@@ -316,7 +334,7 @@ def load_result(directory: Path) -> dict:
     return {**json.loads((Path(directory) / "result.json").read_text()), "run_dir": str(directory), "cached": True}
 
 
-def _checkpoint_step(path: str | None) -> int | None:
+def checkpoint_step(path: str | None) -> int | None:
     """The step a checkpoint was written at; a file that cannot be read is a `CorruptFileError`
     that names it and the fix (a run killed while writing it leaves one)."""
     if path is None:
@@ -412,6 +430,40 @@ def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments
                 print(f"{'':<22} skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:3])}"
                       + (" ..." if len(skipped) > 3 else ""))
     return results
+
+
+def evaluate(cfg: DictConfig, checkpoint: str = "last") -> dict:
+    """Test a classifier's trained weights on its test set: the run's `last` or `best` checkpoint
+    (checkpoints/last.ckpt, best.ckpt), or a checkpoint file. Nothing is cached or written."""
+    from . import experiment_detection
+
+    if cfg.experiment is None:
+        raise ConfigError("evaluate needs an experiment: paper=<id> experiment=<name>.")
+    if experiment_detection.is_detection(cfg):
+        raise ConfigError(f"{cfg.experiment} is a detector: its run scores it on the test set (test mAP, detections.pt); "
+                          "the notebooks reload it with experiment_detection.load_trained.")
+    directory = run_dir(cfg)
+    path = directory / "checkpoints" / f"{checkpoint}.ckpt" if checkpoint in ("last", "best") else Path(checkpoint)
+    if not path.is_file():
+        raise ReplicateError(f"{path}: no such checkpoint. Train the run first (python -m replicate run "
+                             f"paper={cfg.paper.id} experiment={cfg.experiment} ...), or name a checkpoint file.")
+    quiet_lightning()
+    determinism.prepare(cfg)
+    step = checkpoint_step(str(path))
+    datamodule = build_datamodule(
+        cfg.data, data_dir=cfg.paths.data_dir, batch_size=cfg.recipe.batch_size, augment=cfg.recipe.augment,
+        normalize=cfg.recipe.normalize, seed=cfg.seed, num_workers=min(8, os.cpu_count() or 1)
+        if cfg.data.name == "imagenet" else 0)
+    task = ClassificationTask(build_model(cfg), cfg.recipe, num_classes=cfg.data.num_classes,
+                              channels_last=cfg.speed.channels_last)
+    trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+                    if k in ("accelerator", "precision", "deterministic")}
+    trainer = L.Trainer(**trainer_args, devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    tested = trainer.test(task, datamodule=datamodule, ckpt_path=str(path), verbose=False)[0]
+    return {"experiment": cfg.experiment, "checkpoint": str(path), "step": step,
+            "test_top1_err": 100.0 * (1.0 - float(tested["test/top1_acc"])),
+            "test_top5_err": 100.0 * (1.0 - float(tested["test/top5_acc"]))}
 
 
 def load_curves(result: dict) -> pd.DataFrame:

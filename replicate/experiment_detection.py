@@ -42,6 +42,7 @@ from .complexity import count_params
 from .config import config_hash
 from .data.detection import DATASETS, build_detection_datamodule, skipped_files
 from .errors import ConfigError
+from .guard import RefuseFullOnCpu
 from .tasks.detection import DetectionTask, _to_cpu, to_original_size
 from .timing import Clock, hardware, one_thread_on_cpu  # noqa: F401  (hardware: the notebooks' notes)
 
@@ -268,10 +269,10 @@ class _StepTimer(Callback):
 def run_detection(cfg: DictConfig, directory: Path, callbacks: Sequence[Callback] = ()) -> dict:
     """Train and test the detection experiment `cfg` in its run folder `directory`: the detection
     branch of `experiment.run`, which owns the cache, the lock and `--force`."""
-    from .experiment import _checkpoint_step, _loggers, _quiet_lightning, write_result
+    from .experiment import checkpoint_step, progress_log, quiet_lightning, run_loggers, write_result
 
     result_path = directory / "result.json"
-    _quiet_lightning()
+    quiet_lightning()
     determinism.prepare(cfg)
     recipe = cfg.recipe
     training = recipe.get("training", "joint")  # one of validate.TRAINING_SCHEMES, checked at compose
@@ -316,8 +317,10 @@ def run_detection(cfg: DictConfig, directory: Path, callbacks: Sequence[Callback
             # Scoring mAP on the whole test set is costly: detection runs validate only when asked.
             val_check_interval=stage_recipe.val_every_steps if validate else None,
             check_val_every_n_epoch=None, limit_val_batches=1.0 if validate else 0,
-            num_sanity_val_steps=0, callbacks=[checkpoint, timer, determinism.RngState(), *callbacks],
-            logger=_loggers(cfg, directory, logs), default_root_dir=str(directory),
+            num_sanity_val_steps=0,
+            callbacks=[checkpoint, timer, determinism.RngState(), *progress_log(cfg, stage_recipe, logs[len("logs"):]),
+                       *callbacks, RefuseFullOnCpu(cfg)],
+            logger=run_loggers(cfg, directory, logs), default_root_dir=str(directory),
         )
         world = trainer.world_size
         if stage_recipe.batch_size % world:
@@ -327,7 +330,7 @@ def run_detection(cfg: DictConfig, directory: Path, callbacks: Sequence[Callback
                           protocol=cfg.data.get("protocol", "voc07"))
         last_path = checkpoints / "last.ckpt"
         resumed = str(last_path) if last_path.exists() else None
-        resumed_step = _checkpoint_step(resumed)
+        resumed_step = checkpoint_step(resumed)
         trainer.fit(task, datamodule=datamodule, ckpt_path=resumed)
         return trainer, task, resumed_step
 

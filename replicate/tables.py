@@ -415,11 +415,22 @@ class Report:
             "runs": {k: {c: v.get(c) for c in _run_columns(self.runs)[1:]} for k, v in self.runs.items()},
         }
 
+    def summary(self) -> dict:
+        """What `dvc metrics show` lists, with the same keys for every paper so that the papers
+        line up as rows of one table: the cells by status, and the headline run (the first the
+        profile plans) with the score its floor is checked on (accuracy or mAP, 0-1)."""
+        planned = [name for name in (self.paper.get("runs") or {}).get(self.profile) or [] if name in self.runs]
+        headline = {"run": None, "measure": None, "score": None}
+        if planned:
+            measure, score = floor_score(self.runs[planned[0]])
+            headline = {"run": planned[0], "measure": measure, "score": None if math.isnan(score) else round(score, 4)}
+        return {**self.counts(), "headline": headline}
+
     def default_dir(self) -> Path:
         return Path(self.cfg.paths.report_dir) / self.paper.id / self.profile
 
     def write(self, report_dir: str | Path | None = None) -> Path:
-        """Write the CSVs, tables.md, metrics.json and plots.
+        """Write the CSVs, tables.md, metrics.json, summary.json (DVC's metrics) and plots.
 
         With no `report_dir` the files go to `reports/<paper>/<profile>/`, replaced as a whole
         (written beside it, then renamed), so a failure never leaves a half-written folder there.
@@ -434,8 +445,14 @@ class Report:
             figure.savefig(target / f"{name}.png", dpi=120, bbox_inches="tight")
             if data is not None:
                 data.to_csv(target / f"{name}.csv", index=False)
+                if {"step", "experiment", "curve", "error"} <= set(data.columns):
+                    # One column per series (DVC plots draws each y column as its own line).
+                    wide = data.pivot_table(index="step", columns=["experiment", "curve"], values="error")
+                    wide.columns = [f"{experiment} {curve}" for experiment, curve in wide.columns]
+                    wide.reset_index().to_csv(target / f"{name}_wide.csv", index=False)
         (target / "tables.md").write_text(self.markdown())
         (target / "metrics.json").write_text(json.dumps(self.metrics(), indent=2))
+        (target / "summary.json").write_text(json.dumps(self.summary(), indent=2))
         if report_dir is None:
             replace_dir(target, final)
             write_scoreboard(Path(self.cfg.paths.report_dir))

@@ -90,7 +90,7 @@ def test_notebook_force_deletes_the_planned_runs_or_the_named_one(tmp_path, monk
 
     monkeypatch.setenv("REPLICATE_RUN_DIR", str(tmp_path / "runs"))
     executed = []
-    monkeypatch.setattr(commands, "execute_notebook", lambda *args: executed.append(args) or tmp_path)
+    monkeypatch.setattr(commands, "execute_notebook", lambda *args, **kwargs: executed.append(args) or tmp_path)
     folders = {name: run_dir(compose("resnet", "reduced", ["recipe.max_steps=20", f"experiment={name}"]))
                for name in ("resnet20_cifar10", "plain20_cifar10")}
     for folder in folders.values():
@@ -136,3 +136,22 @@ def test_the_replicate_console_script_is_declared():
 
     scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["replicate"] == "replicate.cli:main"
+
+
+def test_evaluate_tests_the_last_and_the_best_checkpoint_again(tmp_path, capsys):
+    write_idx_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
+    overrides = ["paper=resnet", "experiment=resnet20_cifar10", f"paths.data_dir={tmp_path / 'data'}",
+                 f"paths.run_dir={tmp_path / 'runs'}", "recipe.max_steps=8", "recipe.batch_size=32",
+                 "recipe.val_every_steps=4", "recipe.checkpoint_every_steps=4", "data.train_subset=128",
+                 "data.test_subset=32"]
+    assert main(["evaluate", *overrides]) == 2
+    assert "no such checkpoint. Train the run first" in capsys.readouterr().err
+    assert main(["run", *overrides]) == 0
+    printed = capsys.readouterr().out
+    trained = json.loads(printed[printed.index("{"):])
+    assert main(["evaluate", *overrides]) == 0
+    last = json.loads(capsys.readouterr().out)
+    assert last["step"] == 8 and last["test_top1_err"] == trained["test_top1_err"]
+    assert main(["evaluate", *overrides, "--checkpoint", "best"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["checkpoint"].endswith("best.ckpt") and best["test_top1_err"] <= last["test_top1_err"] + 1e-9

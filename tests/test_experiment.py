@@ -289,3 +289,28 @@ def test_wandb_logs_each_experiment_of_a_process_to_its_own_run(tmp_path, monkey
     experiment.run(cfg, log_cached=True)
     folders = list((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
     assert len(folders) == 2 and all(f.name.endswith(experiment.wandb_id(cfg)) for f in folders)
+
+
+def test_progress_is_printed_as_lines_from_the_first_step(tmp_path, capsys):
+    """With the progress bar off (the default): a line at the first step and at the last, with
+    step/total, loss, images per second and the time left."""
+    experiment.run(small_cfg(tmp_path, steps=8))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resnet/resnet20_cifar10  step")]
+    assert lines[0].startswith("resnet/resnet20_cifar10  step 1/8  loss ") and lines[-1].split()[2] == "8/8"
+    assert all("img/s" in line and "ETA" in line for line in lines) and len(lines) <= 3
+
+
+def test_the_full_profile_refuses_to_train_on_a_cpu_unless_forced(tmp_path):
+    """After the data loaded (a missing dataset is still reported as such), before the first step,
+    with the expected duration."""
+    from replicate.errors import ConfigError
+
+    write_idx_fashion_mnist(tmp_path / "data", n_train=64, n_test=32)
+    overrides = ["experiment=resnet20_cifar10", "data=fashion_mnist", "data.image_size=14", f"paths.data_dir={tmp_path / 'data'}",
+                 f"paths.run_dir={tmp_path / 'runs'}", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                 "recipe.max_steps=4", "recipe.batch_size=16", "data.train_subset=64", "data.test_subset=32",
+                 "recipe.val_every_steps=4", "recipe.checkpoint_every_steps=4"]
+    with pytest.raises(ConfigError, match=r"no GPU\. At this CPU's measured speed that is at least .*profile\.allow_cpu=true"):
+        experiment.run(compose("resnet", "full", overrides))
+    assert not list((tmp_path / "runs").rglob("result.json"))
+    assert experiment.run(compose("resnet", "full", [*overrides, "profile.allow_cpu=true"]))["steps"] == 4

@@ -100,6 +100,9 @@ def executed(replication):
 def test_resnet_notebook_regenerates_its_tables(executed):
     root, out = executed
     print(f"\nresnet notebook, reduced profile: {notebook_seconds(out, 'resnet'):.0f} s")
+    log = (root / "reduced-replication.log").read_text()
+    if "dvc.yaml:resnet'" in log:  # executed by this replication: the kernel's progress came through
+        assert "resnet/resnet20_cifar10  step 1/" in log and "img/s" in log
     names = {p.name for p in out.iterdir()}
     assert {"table1.csv", "table6_params.csv", "table6_error.csv", "table2.csv", "table3.csv", "fig6.csv",
             "tables.md", "metrics.json", "fig6_curves.png", "fig6_curves.csv", "resnet.ipynb"} <= names
@@ -122,7 +125,9 @@ def test_resnet_notebook_regenerates_its_tables(executed):
     assert set(curves["curve"]) == {"train", "test"} and curves["step"].max() >= 200
     executed_nb = nbformat.read(out / "resnet.ipynb", as_version=4)
     assert all(c.execution_count for c in executed_nb.cells if c.cell_type == "code")
-    assert "resnet  | reduced" in (root / "scoreboard.md").read_text()
+    board = (root / "scoreboard.md").read_text().splitlines()
+    assert any(line.split("|")[1:3] and [c.strip() for c in line.split("|")[1:3]] == ["resnet", "reduced"]
+               for line in board)
     assert not (out.parent / ".reduced.partial").exists()
 
 
@@ -213,3 +218,28 @@ def test_full_profile_without_datasets_reports_them_missing(paper, tmp_path, mon
         assert statuses == {"not_run"} or statuses <= {"match", "off"}, (table, statuses)
     assert "not found" in notes.lower() or "download" in notes.lower()
     assert not list(Path(tmp_path / "runs").rglob("result.json"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[:3], ids=lambda p: p.stem)
+def test_saving_an_executed_notebook_in_lab_writes_back_the_committed_file(path):
+    """The pre-save hook (`make lab`) strips what running adds: outputs, counts, kernel metadata."""
+    from replicate.lab import strip_on_save
+
+    committed = path.read_text()
+    nb = nbformat.reads(committed, as_version=4)
+    for number, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        cell.execution_count = number + 1
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="trained\n")]
+    nb.metadata.language_info.update(version="3.11.7", mimetype="text/x-python", file_extension=".py")
+    model = {"type": "notebook", "content": nb}
+
+    class Manager:
+        root_dir = str(PROJECT_ROOT)
+
+    strip_on_save(model=model, path=f"notebooks/{path.name}", contents_manager=Manager())
+    assert nbformat.writes(nbformat.from_dict(model["content"])) + "\n" == committed
+    elsewhere = {"type": "notebook", "content": nbformat.reads(committed, as_version=4)}
+    code = [c for c in elsewhere["content"].cells if c.cell_type == "code"][-1]
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="kept\n")]
+    strip_on_save(model=elsewhere, path=f"reports/{path.stem}/reduced/{path.name}", contents_manager=Manager())
+    assert code.outputs

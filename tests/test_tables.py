@@ -206,13 +206,34 @@ def test_write_is_complete_and_updates_the_scoreboard(cfg, tmp_path):
     report.measured("table2", {})
     out = report.write()
     assert out == tmp_path / "reports" / "resnet" / "reduced"
-    assert {p.name for p in out.iterdir()} == {"table1.csv", "table2.csv", "tables.md", "metrics.json"}
+    assert {p.name for p in out.iterdir()} == {"table1.csv", "table2.csv", "tables.md", "metrics.json", "summary.json"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cells"] == {"match": 3, "off": 0, "explained": 2, "reduced": 0, "not_run": 4, "cells": 9}
+    # DVC's metrics: the same keys for every paper, so that `dvc metrics show` lines them up.
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == {**metrics["cells"], "headline": {"run": None, "measure": None, "score": None}}
     assert "| resnet  | reduced   |       9 |       3 |" in (tmp_path / "reports" / "scoreboard.md").read_text()
     assert not list(out.parent.glob(".*"))  # no partial folders left behind
     md = (out / "tables.md").read_text()
     assert "ResNet-152" in md and "params (M)" in md
+
+
+def test_training_curves_are_also_written_one_column_per_series(cfg, tmp_path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    report = Report(cfg)
+    long = pd.DataFrame([{"panel": "p", "experiment": e, "step": s, "curve": c, "error": 10.0 * s + (c == "test")}
+                         for e in ("plain20_cifar10", "resnet20_cifar10") for c in ("train", "test") for s in (10, 20)])
+    report.add_figure("fig6_curves", plt.figure(), long)
+    report.runs["resnet20_cifar10"] = fake_result("resnet20_cifar10", 30.0)
+    out = report.write()
+    wide = pd.read_csv(out / "fig6_curves_wide.csv")
+    assert list(wide.columns) == ["step", "plain20_cifar10 test", "plain20_cifar10 train", "resnet20_cifar10 test",
+                                  "resnet20_cifar10 train"]
+    assert wide.set_index("step").loc[20, "resnet20_cifar10 test"] == 201.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["headline"] == {"run": "resnet20_cifar10", "measure": "test accuracy", "score": 0.7}
 
 
 def test_scoreboard_with_nothing(tmp_path):

@@ -1,14 +1,14 @@
-"""The data sets of He et al. 2016 ("Deep residual learning for image recognition") and the
-reduced profile's stand-in, behind two calls:
+"""The classification data sets (Fashion-MNIST, CIFAR-10/100, ImageNet) behind two calls:
 
     dm = build_datamodule(cfg.data, data_dir=..., batch_size=..., augment=..., normalize=...)
     folder = prepare("cifar10", data_dir, download=False)   # DVC preparation stages
 
 Fashion-MNIST and CIFAR-10/100 are held in memory and augmented per batch on the device
-(`TensorDataModule`; Sec. 4.2's pad-crop-flip); ImageNet is read from class folders with
-Sec. 3.4's pipeline in worker processes (`ImageNetDataModule`). A missing data set raises
-`DatasetMissingError` saying what to get and where to put it.
-"""
+(`TensorDataModule`: ResNet Sec. 4.2's pad-crop-flip, the Inception crop, RandAugment...);
+ImageNet is read from class folders with ResNet Sec. 3.4's pipeline in worker processes
+(`ImageNetDataModule`). The detection sets (VOC, COCO, the generated one) are in `detection`.
+A missing data set raises `DatasetMissingError` saying what to get and where to put it; the
+training order resumes mid-epoch (`sampler`)."""
 
 from __future__ import annotations
 

@@ -171,7 +171,7 @@ def finetune(cfg: DictConfig, model: nn.Module, datamodule, steps: int, lr: floa
 def _compress(cfg: DictConfig, result: Mapping, methods: Sequence[str]) -> dict[str, dict]:
     """Compress the trained network of `result` with each of `methods`; iPQ and iPQ & int8 share
     one iPQ pass (the int8 codebooks are taken from the finished iPQ)."""
-    experiment._quiet_lightning()
+    experiment.quiet_lightning()
     datamodule = _datamodule(cfg)
     datamodule.setup("test")
     n_test = _test_images(datamodule)
