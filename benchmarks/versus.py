@@ -8,7 +8,10 @@ The two models get the same batch, precision (fp32 on CPU, bf16 autocast on CUDA
 and compile setting, and are timed alternately (ours, theirs, ours, theirs, ...) after a warm-up, so
 that a machine that speeds up or slows down affects both. Each round times `--steps` iterations; the
 last line is `ratio ours/reference R`, the median over rounds of ours/theirs in images per second
-(above 1: ours is faster).
+(above 1: ours is faster). `--flush-denormal` flushes denormal floats to zero on the CPU (the
+workbook's runs do not): randomly initialised networks spend a share of the CPU time on denormal
+arithmetic, and how much depends on the initialisation (ours follows each paper's), not on the
+architecture.
 
 References: torchvision for ResNet-50 (ours built with `downsample_on="3x3"`, torchvision's v1.5
 layout), VGG-16, MobileNet V2, MobileNet V3-Large, DenseNet-121 and EfficientNet-B3; timm for
@@ -37,11 +40,11 @@ def _torchvision(name: str) -> Callable[[], torch.nn.Module]:
     return build
 
 
-def _timm(name: str) -> Callable[[], torch.nn.Module]:
+def _timm(name: str, **kwargs) -> Callable[[], torch.nn.Module]:
     def build():
         import timm
 
-        return timm.create_model(name, pretrained=False)
+        return timm.create_model(name, pretrained=False, **kwargs)
     return build
 
 
@@ -55,7 +58,8 @@ PAIRS: dict[str, tuple[str, dict, Callable[[], torch.nn.Module], str]] = {
     "densenet121": ("densenet121", {}, _torchvision("densenet121"), "torchvision densenet121"),
     "efficientnet_b3": ("efficientnet_b3", {}, _torchvision("efficientnet_b3"), "torchvision efficientnet_b3"),
     "darknet53": ("darknet53", {}, _timm("darknet53"), "timm darknet53"),
-    "cspdarknet53": ("cspdarknet53", {}, _timm("cspdarknet53"), "timm cspdarknet53"),
+    # timm's CSPDarknet53 uses leaky ReLU; YOLOv4's (ours) uses Mish: timm's is built with Mish here.
+    "cspdarknet53": ("cspdarknet53", {}, _timm("cspdarknet53", act_layer="mish"), "timm cspdarknet53 (Mish)"),
 }
 
 
@@ -139,9 +143,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="iterations per timed round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (the ratio is their median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
+    parser.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=False,
+                        help="flush denormal floats to zero on the CPU (not what the workbook's runs do)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(args.flush_denormal)
     names = list(PAIRS) if args.model == "all" else [args.model]
     modes = ["train", "infer"] if args.mode == "both" else [args.mode]
     for name in names:

@@ -101,6 +101,8 @@ def quiet_lightning() -> None:
     # The data modules keep the training order in the checkpoint themselves (data/sampler.py), so a
     # mid-epoch resume is exact although the loader has no state_dict of its own.
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    # A resumed run writes into its own checkpoint folder on purpose.
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 def run_loggers(cfg: DictConfig, directory: Path, name: str = "logs") -> list:
@@ -256,7 +258,7 @@ def _run_classifier(cfg: DictConfig, directory: Path, callbacks: Sequence[Callba
     # validation. The tables report the last weights: our validation set is the test set, as in
     # the paper's curves, and selecting on it would flatter the result.
     best = ModelCheckpoint(dirpath=directory / "checkpoints", filename="best", monitor="val/top1_acc", mode="max",
-                           save_top_k=1, save_last=False, enable_version_counter=False)
+                           save_top_k=1, save_last=False, enable_version_counter=False, save_on_train_epoch_end=False)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_steps=recipe.max_steps,

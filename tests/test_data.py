@@ -415,3 +415,29 @@ def test_epoch_sampler_draws_the_shuffled_loaders_order_and_resumes_mid_epoch(ba
     resumed = DataLoader(items, batch_size=batch_size, sampler=fresh, drop_last=drop_last)
     assert [b.tolist() for b in resumed] == epochs[2][3:]
     assert [b.tolist() for b in resumed] == epochs[2]  # only the first iteration skips
+
+
+def test_imagenet_augmentation_is_the_same_with_any_workers_and_after_a_mid_epoch_resume(tmp_path):
+    """Loaders with worker processes: each sample's augmentation comes from (seed, epoch, index),
+    so two workers give what none gives, and a loader resumed after 1 batch of epoch 1 gives
+    the rest of that epoch's batches, augmentations included."""
+    write_imagenet_folder(tmp_path, classes=3, per_class=4, size=40)
+
+    def epochs(workers, resume=None):
+        dm = build("imagenet", tmp_path, augment="imagenet", normalize="channel_mean", batch_size=4)
+        dm.num_workers = workers
+        dm.setup()
+        if resume is not None:
+            dm.order.load_state_dict({"epoch": 1, "batches": resume})
+        loader = dm.train_dataloader()
+        seen = []
+        for epoch in ((1,) if resume is not None else (0, 1)):
+            loader.sampler.set_epoch(epoch)
+            seen.append([x for x, _ in loader])
+        return seen
+
+    none, two = epochs(0), epochs(2)
+    assert all(torch.equal(a, b) for e in range(2) for a, b in zip(none[e], two[e], strict=True))
+    assert not torch.equal(none[0][0], none[1][0])  # another epoch, other augmentations
+    resumed = epochs(2, resume=1)[0]
+    assert len(resumed) == 2 and all(torch.equal(a, b) for a, b in zip(resumed, none[1][1:], strict=True))

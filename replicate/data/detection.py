@@ -42,7 +42,7 @@ from torchvision.transforms import v2
 from ..errors import ConfigError, choices
 from . import transforms as T
 from .detection_augment import DetectionAugment
-from .sampler import TrainOrder
+from .sampler import SeededSamples, TrainOrder
 from .tensor_datamodule import subset_indices
 
 DATASETS = ("voc2007", "voc2012", "voc0712", "coco", "synth_detection")
@@ -297,9 +297,12 @@ class DetectionDataModule(L.LightningDataModule):
         if dataset is None:
             self.setup()
             dataset = self.train_set if train else self.test_set
+        keyed = train and self.num_workers > 0  # with workers: see sampler.py's SeededSamples
+        if keyed:
+            dataset = SeededSamples(dataset, self.seed)
         return DataLoader(
             dataset, batch_size=self.batch_size, drop_last=train, collate_fn=collate,
-            sampler=self.order.sampler(len(dataset), self.batch_size) if train else None,  # type: ignore[arg-type]
+            sampler=self.order.sampler(len(dataset), self.batch_size, keyed) if train else None,  # type: ignore[arg-type]
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )

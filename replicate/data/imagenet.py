@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError, DatasetMissingError
 from . import transforms as T
-from .sampler import TrainOrder
+from .sampler import SeededSamples, TrainOrder
 from .tensor_datamodule import subset_indices
 
 FOLDER = "imagenet"
@@ -204,9 +204,11 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.setup()
         dataset, train = getattr(self, f"{split}_set"), split == "train"
+        if train:  # each sample's augmentation a function of (seed, epoch, index): see sampler.py
+            dataset = SeededSamples(dataset, self.seed)
         return DataLoader(
             dataset, batch_size=self.batch_size, drop_last=train, num_workers=self.num_workers,
-            sampler=self.order.sampler(len(dataset), self.batch_size) if train else None,
+            sampler=self.order.sampler(len(dataset), self.batch_size, keyed=True) if train else None,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )

@@ -11,9 +11,11 @@ The draws are those of `DataLoader(shuffle=True, generator=torch.Generator().man
 draws for its remainder of zero samples once the epoch is exhausted), so a run gives the numbers
 it gave with the plain shuffled loader.
 
-Exact for loaders without worker processes (the in-memory sets, the generated detection set on
-the reduced profile). With workers (ImageNet), the order resumes exactly but the workers'
-augmentation streams start afresh.
+Loaders without worker processes (the in-memory sets, the generated detection set on the reduced
+profile) augment from streams the checkpoint keeps. Loaders with workers (ImageNet, VOC and COCO
+on the full profile) draw each sample's augmentation from a generator seeded by (seed, epoch,
+index) (`SeededSamples`), so it does not depend on which worker loads it, nor on when: an order
+resumed mid-epoch resumes the augmentations with it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 class EpochSampler(Sampler[int]):
@@ -29,8 +31,8 @@ class EpochSampler(Sampler[int]):
     `set_epoch` before each epoch; `skip_batches(k, batch_size)` makes the next iteration start at
     batch k (a resumed run)."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = int(n), int(seed)
+    def __init__(self, n: int, seed: int, keyed: bool = False):
+        self.n, self.seed, self.keyed = int(n), int(seed), bool(keyed)
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
         # (epoch, generator state before that epoch's draws): one epoch's replay, not e epochs'.
@@ -66,7 +68,28 @@ class EpochSampler(Sampler[int]):
         skip = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             skip, self._resume = self._resume[1], None
-        return iter(self.order(self.epoch)[skip:].tolist())
+        order = self.order(self.epoch)[skip:]
+        if self.keyed:  # `SeededSamples` keys: the epoch travels with the index to the worker
+            order = order + self.epoch * self.n
+        return iter(order.tolist())
+
+
+class SeededSamples(Dataset):
+    """`dataset` read with `EpochSampler(keyed=True)` keys (epoch * n + index): sample `index` of
+    epoch `epoch` is drawn with torch's generator seeded from (seed, epoch, index), in a forked
+    random state that leaves the process's own stream untouched."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int):
+        epoch, index = divmod(int(key), len(self))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return self.dataset[index]
 
 
 class TrainOrder:
@@ -83,10 +106,10 @@ class TrainOrder:
         self._sampler: EpochSampler | None = None
         self._restored = False
 
-    def sampler(self, n: int, batch_size: int) -> EpochSampler:
+    def sampler(self, n: int, batch_size: int, keyed: bool = False) -> EpochSampler:
         """A new training order (a new fit starts at epoch 0), resumed where the checkpoint just
-        loaded says, if one was."""
-        self._sampler = EpochSampler(n, self.seed)
+        loaded says, if one was. `keyed`: for a dataset wrapped in `SeededSamples`."""
+        self._sampler = EpochSampler(n, self.seed, keyed)
         if self._restored:
             self._sampler.resume_at(self.epoch, self.batches, batch_size)
             self._restored = False

@@ -74,10 +74,12 @@ class BasicBlock(nn.Module):
         self.shortcut = make_shortcut(in_ch, out_ch, stride, shortcut) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(F.relu(self.conv1(x)))
+        # In place where autograd allows (batch norm's backward does not need its output): fewer
+        # allocations, measurably faster on CPU (benchmarks/versus.py).
+        out = self.conv2(F.relu(self.conv1(x), inplace=True))
         if self.shortcut is not None:
-            out = out + self.shortcut(x)
-        return F.relu(out)
+            out += self.shortcut(x)
+        return F.relu(out, inplace=True)
 
 
 class Bottleneck(nn.Module):
@@ -103,10 +105,10 @@ class Bottleneck(nn.Module):
         self.shortcut = make_shortcut(in_ch, out_ch, stride, shortcut) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv3(F.relu(self.conv2(F.relu(self.conv1(x)))))
+        out = self.conv3(F.relu(self.conv2(F.relu(self.conv1(x), inplace=True)), inplace=True))
         if self.shortcut is not None:
-            out = out + self.shortcut(x)
-        return F.relu(out)
+            out += self.shortcut(x)
+        return F.relu(out, inplace=True)
 
 
 class ResNet(nn.Module):
