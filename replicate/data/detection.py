@@ -42,7 +42,7 @@ from torchvision.transforms import v2
 from ..errors import ConfigError, choices
 from . import transforms as T
 from .detection_augment import DetectionAugment
-from .sampler import SeededSamples, TrainOrder
+from .sampler import KeepsTrainOrder, SeededSamples, TrainOrder
 from .tensor_datamodule import subset_indices
 
 DATASETS = ("voc2007", "voc2012", "voc0712", "coco", "synth_detection")
@@ -236,7 +236,7 @@ class _WithoutFlagged(Dataset):
         return image, drop_flagged(target, self.keys)
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionDataModule(KeepsTrainOrder, L.LightningDataModule):
     """Train and test detection sets from two factories `make(transforms) -> DetectionDataset`
     (one or several sets concatenated for training, e.g. VOC 07+12). `val` and `test` both
     give the test set. Batches are `(images, targets)` lists (`collate`)."""
@@ -306,18 +306,6 @@ class DetectionDataModule(L.LightningDataModule):
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
-
-    # -- resume: the training order and how far into its epoch training got (see `TrainOrder`) --
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            self.order.trained()
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"order": self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order.load_state_dict(state["order"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True)

@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError, DatasetMissingError
 from . import transforms as T
-from .sampler import SeededSamples, TrainOrder
+from .sampler import KeepsTrainOrder, SeededSamples, TrainOrder
 from .tensor_datamodule import subset_indices
 
 FOLDER = "imagenet"
@@ -131,7 +131,7 @@ class _FolderWithClasses(ImageFolder):
         return sorted(mapping, key=mapping.get), dict(mapping)
 
 
-class ImageNetDataModule(L.LightningDataModule):
+class ImageNetDataModule(KeepsTrainOrder, L.LightningDataModule):
     """ILSVRC2012 from `<data_dir>/imagenet/{train,val}/<wnid>/`; val and test are the val split."""
 
     def __init__(
@@ -216,18 +216,6 @@ class ImageNetDataModule(L.LightningDataModule):
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """Batches are already augmented and normalised in the workers: passed through."""
         return x
-
-    # -- resume: the training order and how far into its epoch training got (see `TrainOrder`) --
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.trainer is not None and self.trainer.training:
-            self.order.trained()
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"order": self.order.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order.load_state_dict(state["order"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

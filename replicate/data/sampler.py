@@ -130,3 +130,22 @@ class TrainOrder:
         """Called by Lightning before the fit builds its training loader (`sampler`)."""
         self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
         self._restored = True
+
+
+class KeepsTrainOrder:
+    """A data module's side of `TrainOrder` (mixed in before `LightningDataModule`, with
+    `self.order` set in `__init__`): counts the training batches the loop takes, and keeps the
+    order in each checkpoint."""
+
+    order: TrainOrder
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:  # type: ignore[attr-defined]
+            self.order.trained()
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"order": self.order.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state["order"])
