@@ -155,3 +155,25 @@ def test_evaluate_tests_the_last_and_the_best_checkpoint_again(tmp_path, capsys)
     assert main(["evaluate", *overrides, "--checkpoint", "best"]) == 0
     best = json.loads(capsys.readouterr().out)
     assert best["checkpoint"].endswith("best.ckpt") and best["test_top1_err"] <= last["test_top1_err"] + 1e-9
+
+
+def test_multirun_sweeps_seeds_and_prints_mean_and_std(tmp_path, capsys):
+    from replicate.cli import sweep, sweep_summary
+
+    assert sweep(["experiment=a", "seed=0,1", "recipe.lr=0.1,0.2", "model.widths=[1,2]"]) == [
+        ["experiment=a", "seed=0", "recipe.lr=0.1", "model.widths=[1,2]"],
+        ["experiment=a", "seed=0", "recipe.lr=0.2", "model.widths=[1,2]"],
+        ["experiment=a", "seed=1", "recipe.lr=0.1", "model.widths=[1,2]"],
+        ["experiment=a", "seed=1", "recipe.lr=0.2", "model.widths=[1,2]"]]
+    assert sweep_summary([{"test_top1_err": 6.5}, {"test_top1_err": 6.7}, {"test_top1_err": 6.6}]) == {
+        "test_top1_err": "6.60 ± 0.10 (n=3)"}
+    write_idx_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
+    assert main(["run", "-m", "paper=resnet", "experiment=resnet20_cifar10", f"paths.data_dir={tmp_path / 'data'}",
+                 f"paths.run_dir={tmp_path / 'runs'}", "recipe.max_steps=4", "recipe.batch_size=32",
+                 "recipe.val_every_steps=4", "recipe.checkpoint_every_steps=4", "data.train_subset=128",
+                 "data.test_subset=32", "seed=0,1"]) == 0
+    printed = capsys.readouterr().out
+    swept = json.loads(printed[printed.index('{\n  "runs"'):])
+    assert [r["overrides"][-1] for r in swept["runs"]] == ["seed=0", "seed=1"]
+    assert swept["runs"][0]["config_hash"] != swept["runs"][1]["config_hash"]
+    assert "(n=2)" in swept["mean_std"]["test_top1_err"]
