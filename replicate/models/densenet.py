@@ -71,9 +71,11 @@ class DenseLayer(nn.Module):
         return F.dropout(x, self.drop_rate, self.training) if self.drop_rate > 0 else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ReLU in place on batch norm's fresh output (its backward does not need it): one
+        # allocation less per layer, which a CPU feels across 58-120 thin layers.
         if self.conv1 is not None:
-            x = self._drop(self.conv1(F.relu(self.norm1(x))))
-        return self._drop(self.conv2(F.relu(self.norm2(x))))
+            x = self._drop(self.conv1(F.relu(self.norm1(x), inplace=True)))
+        return self._drop(self.conv2(F.relu(self.norm2(x), inplace=True)))
 
 
 class DenseBlock(nn.Module):
@@ -103,7 +105,7 @@ class Transition(nn.Module):
         self.drop_rate = drop_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(F.relu(self.norm(x)))
+        x = self.conv(F.relu(self.norm(x), inplace=True))
         if self.drop_rate > 0:
             x = F.dropout(x, self.drop_rate, self.training)
         # ceil_mode changes nothing at the paper's even sizes (32/16, 56/28/14) and lets odd
