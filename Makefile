@@ -44,7 +44,8 @@ replicate-full: setup
 ## up to date) and the checks that read its reports, the full profile without datasets, compositions
 test: setup
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
-	$(BIN)/python -m pytest -q -m slow --durations=40
+	$(BIN)/python -m pytest -q -m "slow and not full_profile" --durations=40
+	$(BIN)/python -m pytest -q -n 2 -m full_profile --durations=5
 
 ## test-fast: the unit tier alone (no notebook), for everyday work: at most 5 minutes on 2 cores
 test-fast: setup

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,18 +80,64 @@ def _conf_state() -> tuple:
 
 
 _COMPOSED: dict[tuple, DictConfig] = {}
+_DIGESTS: dict[tuple, str] = {}
+
+
+def compose_cache_dir() -> Path:
+    """Where compositions are kept across processes: `$REPLICATE_CACHE_DIR/compose`, by default
+    .cache/compose/ in the project (a composition depends on conf/ and Hydra alone, so every run
+    folder and test may share it)."""
+    return Path(os.environ.get("REPLICATE_CACHE_DIR") or PROJECT_ROOT / ".cache") / "compose"
+
+
+def _conf_digest(state: tuple) -> str:
+    """The contents of conf/ and Hydra's version, hashed (once per state of the files)."""
+    if state not in _DIGESTS:
+        import hydra
+
+        digest = hashlib.sha256(hydra.__version__.encode())
+        for name, _, _ in state:
+            digest.update(name.encode() + b"\0" + Path(name).read_bytes() + b"\0")
+        _DIGESTS[state] = digest.hexdigest()
+    return _DIGESTS[state]
 
 
 def _hydra(overrides: list[str]) -> DictConfig:
-    """Hydra's composition of conf/config.yaml with `overrides`, made once per process for the same
-    overrides and conf/ files (about 0.2 s each; a notebook composes the same paper many times).
-    Interpolations stay unresolved, so the environment (`oc.env`) is read at use, not cached."""
-    key = (tuple(overrides), _conf_state())
+    """Hydra's composition of conf/config.yaml with `overrides`, made once for the same overrides
+    and conf/ files: kept in the process (a notebook composes the same paper many times) and on
+    disk (`compose_cache_dir`: about 0.3 s a composition, and a notebook kernel, a DVC stage or a
+    test process would each redo them). Interpolations stay unresolved, so the environment
+    (`oc.env`) is read at use, not cached."""
+    state = _conf_state()
+    key = (tuple(overrides), state)
     if key not in _COMPOSED:
         if len(_COMPOSED) >= 1024:
             _COMPOSED.clear()
-        _COMPOSED[key] = _compose_now(overrides)
+        _COMPOSED[key] = _stored_composition(list(overrides), _conf_digest(state))
     return copy.deepcopy(_COMPOSED[key])
+
+
+def _stored_composition(overrides: list[str], conf_digest: str) -> DictConfig:
+    """The composition from disk, or made now and stored (written whole, then renamed, so that a
+    reader never sees half a file). An unreadable stored file is composed again."""
+    name = hashlib.sha256(json.dumps([overrides, conf_digest]).encode()).hexdigest()[:32]
+    path = compose_cache_dir() / f"{name}.yaml"
+    if path.is_file():
+        try:
+            cfg = OmegaConf.load(path)
+            OmegaConf.set_struct(cfg, True)
+            return cfg
+        except Exception:  # noqa: BLE001 - a damaged cache entry: compose again
+            pass
+    cfg = _compose_now(overrides)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{os.getpid()}")
+        staging.write_text(OmegaConf.to_yaml(cfg))
+        os.replace(staging, path)
+    except OSError:  # a read-only checkout composes every time
+        pass
+    return cfg
 
 
 def _compose_now(overrides: list[str]) -> DictConfig:

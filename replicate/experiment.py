@@ -199,11 +199,25 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
             return _cached(cfg, directory, log_cached)
         if force:  # start clean: no stale checkpoint to resume from, no old curves to merge
             shutil.rmtree(directory, ignore_errors=True)
+        require_data(cfg)
         train = experiment_detection.run_detection if experiment_detection.is_detection(cfg) else _run_classifier
         try:
             return train(cfg, directory, callbacks)
         finally:
             finish_wandb(cfg)
+
+
+def require_data(cfg: DictConfig) -> None:
+    """Raise `DatasetMissingError` (with where to get it) before a network, a trainer or a run
+    folder is made, when the run's data set is absent and will not be downloaded (ImageNet and
+    COCO never are). Where it may be, the data module downloads it in its own `prepare_data`."""
+    from .data import DOWNLOADABLE, prepare
+
+    try:
+        prepare(cfg.data.name, cfg.paths.data_dir, download=False)
+    except DatasetMissingError:
+        if not (cfg.data.get("download") and cfg.data.name in DOWNLOADABLE):
+            raise
 
 
 def _cached(cfg: DictConfig, directory: Path, log_cached: bool) -> dict:

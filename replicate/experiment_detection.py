@@ -43,7 +43,7 @@ from .config import config_hash
 from .data.detection import DATASETS, build_detection_datamodule, skipped_files
 from .errors import ConfigError
 from .guard import RefuseFullOnCpu
-from .tasks.detection import DetectionTask, _to_cpu, to_original_size
+from .tasks.detection import DetectionTask, to_cpu, to_original_size
 from .timing import Clock, hardware, one_thread_on_cpu  # noqa: F401  (hardware: the notebooks' notes)
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,10 @@ class ProposalDetectionTask(DetectionTask):
         detections = self.model(images, proposals=[t["proposals"] for t in targets])
         for image, detection, target in zip(images, detections, targets):
             hw = (int(image.shape[-2]), int(image.shape[-1]))
-            detection = {**_to_cpu(detection), "orig_size": target.get("orig_size")}
+            detection = {**to_cpu(detection), "orig_size": target.get("orig_size")}
             plain = {k: v for k, v in target.items() if k != "proposals"}
-            self._outputs[stage].append((to_original_size(_to_cpu(detection), hw),
-                                         to_original_size(_to_cpu(plain), hw)))
+            self._outputs[stage].append((to_original_size(to_cpu(detection), hw),
+                                         to_original_size(to_cpu(plain), hw)))
 
 
 def build_detector(cfg: DictConfig) -> torch.nn.Module:

@@ -37,6 +37,7 @@ from .config import code_fingerprint
 from .errors import ConfigError, CorruptFileError, ExactTableMismatch, FloorNotMet
 
 COLUMNS = ["table", "row", "metric", "paper", "ours", "unit", "delta", "tolerance", "status", "source", "note"]
+FLOOR_COLUMNS = ["run", "metric", "ours", "untrained", "floor", "target", "steps", "status"]
 STATUSES = ("match", "off", "explained", "reduced", "not_run")
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
@@ -48,7 +49,7 @@ def rounding_tolerance(value: float) -> float:
     return 0.5 * 10.0 ** (-decimals)
 
 
-def _tolerance(spec: Mapping, cell: Mapping) -> float:
+def cell_tolerance(spec: Mapping, cell: Mapping) -> float:
     """The cell's tolerance, else its table's, else the printed rounding."""
     tol = cell.get("tolerance", spec.get("tolerance", "rounding"))
     if tol == "rounding":
@@ -61,7 +62,7 @@ def _tolerance(spec: Mapping, cell: Mapping) -> float:
 def _exact_tolerance(spec: Mapping, cell: Mapping) -> float:
     """An exact cell's tolerance: at most the printed rounding, unless the cell (or its table)
     quotes the text's own approximation (`approximation: "~25 M"`)."""
-    tol = _tolerance(spec, cell)
+    tol = cell_tolerance(spec, cell)
     rounding = rounding_tolerance(cell["paper"])
     if tol > rounding + 1e-12 and not (cell.get("approximation") or spec.get("approximation")):
         raise ConfigError(
@@ -113,6 +114,7 @@ class Report:
         self.extra_columns: dict[str, pd.DataFrame] = {}
         self.figures: dict[str, tuple[matplotlib.figure.Figure, pd.DataFrame | None]] = {}
         self.runs: dict[str, dict] = {}
+        self.floor_frame: pd.DataFrame | None = None
         self._counted: dict[tuple, Complexity] = {}
         self._code: str | None = None
         self.overrides = list(cfg.get("overrides") or [])
@@ -127,12 +129,12 @@ class Report:
         known = [s.id for s in self.paper.get(section) or []]
         raise ConfigError(f"paper {self.paper.id!r} has no {section[:-1]} {table_id!r}. Known: {', '.join(known)}.")
 
-    def _row(self, spec: dict, cell: dict, **values) -> dict:
+    def cell_row(self, spec: dict, cell: dict, **values) -> dict:
         return {"table": spec["id"], "row": cell["row"], "metric": cell.get("metric", spec.get("metric")),
                 "paper": cell.get("paper"), "unit": cell.get("unit", spec.get("unit", "")),
                 "source": cell.get("source", spec["source"]), "note": cell.get("note", ""), **values}
 
-    def _store(self, table_id: str, rows: list[dict]) -> pd.DataFrame:
+    def store(self, table_id: str, rows: list[dict]) -> pd.DataFrame:
         frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
         self.frames[table_id] = frame
         return frame
@@ -189,7 +191,7 @@ class Report:
                 ours = float(counter(cell, spec))
                 tol = _exact_tolerance(spec, cell)
                 delta = ours - cell["paper"]
-                rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
+                rows.append(self.cell_row(spec, cell, ours=ours, delta=delta, tolerance=tol,
                                       **_exact_status(spec, cell, delta, tol)))
                 continue
             kwargs = {**spec.get("model_kwargs", {}), **cell.get("model_kwargs", {})}
@@ -202,12 +204,12 @@ class Report:
             ours = float(getattr(c, quantity))
             tol = _exact_tolerance(spec, cell)
             delta = ours - cell["paper"]
-            rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
+            rows.append(self.cell_row(spec, cell, ours=ours, delta=delta, tolerance=tol,
                                   **_exact_status(spec, cell, delta, tol)))
             params.append({"row": cell["row"], "params (M)": c.mparams, "multiply-adds (G)": c.gmacs})
         if spec.get("show_params"):
             self.extra_columns[table_id] = pd.DataFrame(params)
-        return self._store(table_id, rows)
+        return self.store(table_id, rows)
 
     # -- measured tables: from experiment results ---------------------------------------------------
     def measured(self, table_id: str, results: Mapping[str, dict], *, record_runs: bool = True) -> pd.DataFrame:
@@ -232,7 +234,7 @@ class Report:
         for cell in spec["cells"]:
             result = results.get(cell["experiment"])
             quantity = cell.get("quantity", spec.get("quantity"))
-            tol = _tolerance(spec, cell)
+            tol = cell_tolerance(spec, cell)
             if result is None or "not_run" in result:
                 if result is not None:
                     reason = result["not_run"]
@@ -242,7 +244,7 @@ class Report:
                                         f"(conf/paper/{self.paper.id}.yaml: runs.{self.profile})")
                 else:
                     reason = "not run in this execution"
-                rows.append(self._row(spec, cell, ours=None, delta=None, tolerance=tol, status="not_run",
+                rows.append(self.cell_row(spec, cell, ours=None, delta=None, tolerance=tol, status="not_run",
                                       note=_join(cell.get("note"), reason)))
                 continue
             ours = result.get(quantity)
@@ -254,8 +256,8 @@ class Report:
             else:
                 status = "match" if abs(delta) <= tol else "off"
                 note = cell.get("note", "")
-            rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status, note=note))
-        return self._store(table_id, rows)
+            rows.append(self.cell_row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status, note=note))
+        return self.store(table_id, rows)
 
     def speed(self, table_id: str, measured: Mapping[str, float], hardware: str) -> pd.DataFrame:
         """A speed table (`kind: speed`): each cell's `ratio` is a quotient of two sums of
@@ -281,16 +283,16 @@ class Report:
             note = (f"{' + '.join(cell['ratio']['num'])} {num:.4g} {unit} / {' + '.join(cell['ratio']['den'])} "
                     f"{den:.4g} {unit} ({hardware})")
             status = "reduced" if self.profile != "full" else ("match" if abs(delta) <= tol else "off")
-            rows.append(self._row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status,
+            rows.append(self.cell_row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status,
                                   note=_join(cell.get("note"), note)))
-        return self._store(table_id, rows)
+        return self.store(table_id, rows)
 
     def not_run(self, table_id: str, reason: str) -> pd.DataFrame:
         """Every cell of a table `not_run`, with `reason` (e.g. the run it needs is missing)."""
         spec = self.spec(table_id)
-        rows = [self._row(spec, cell, ours=None, delta=None, tolerance=None, status="not_run",
+        rows = [self.cell_row(spec, cell, ours=None, delta=None, tolerance=None, status="not_run",
                           note=_join(cell.get("note"), reason)) for cell in spec["cells"]]
-        return self._store(table_id, rows)
+        return self.store(table_id, rows)
 
     def claims(self, claim_id: str, results: Mapping[str, dict]) -> pd.DataFrame:
         """Qualitative claims `lhs op rhs`, checked on the runs at hand (any profile)."""
@@ -301,7 +303,7 @@ class Report:
             lhs, rhs = results.get(cell["lhs"]), results.get(cell["rhs"])
             base = dict(paper="holds", tolerance=None, delta=None, metric=spec["quantity"], unit="")
             if lhs is None or rhs is None or "not_run" in lhs or "not_run" in rhs:
-                rows.append(self._row(spec, cell, **base, ours=None, status="not_run",
+                rows.append(self.cell_row(spec, cell, **base, ours=None, status="not_run",
                                       note=f"needs {cell['lhs']} and {cell['rhs']}"))
                 continue
             a, b = lhs[spec["quantity"]], rhs[spec["quantity"]]
@@ -313,9 +315,9 @@ class Report:
                 status = "reduced"
             else:
                 status = "match" if holds else "off"
-            rows.append(self._row(spec, cell, **base, ours="holds" if holds else "does not hold",
+            rows.append(self.cell_row(spec, cell, **base, ours="holds" if holds else "does not hold",
                                   status=status, note=note))
-        return self._store(claim_id, rows)
+        return self.store(claim_id, rows)
 
     def claim_summary(self, claim_id: str) -> str:
         """One line per claim: whether it shows on these runs, and the numbers behind it."""
@@ -385,6 +387,39 @@ class Report:
             raise FloorNotMet("Planned runs that do not clear their floor (conf/paper/%s.yaml: runs, floors):\n  %s"
                               % (self.paper.id, "\n  ".join(low)))
 
+    def floors(self, results: Mapping[str, dict]) -> pd.DataFrame:
+        """Every planned run of this profile against its floor (conf/paper/<id>.yaml: `floors`):
+        its score on the floor's metric, the same network untrained where the run scored it (a
+        detector's chance row, `experiment_detection.score_untrained`), the floor, and for
+        detectors the profile's `detection_target` (conf/profile/<name>.yaml). Kept for
+        `write` (floors.csv) and shown by the notebooks before `check`; `check` enforces the
+        floors, not the target: a detector below its target is shown so, with its reason in the
+        notebook's text."""
+        floors = (self.paper.get("floors") or {}).get(self.profile) or {}
+        target = self.cfg.profile.get("detection_target")
+        rows = []
+        for name, floor in floors.items():
+            run = results.get(name) or {}
+            row = {"run": name, "metric": None, "ours": None, "untrained": None, "floor": _percent(floor),
+                   "target": None, "steps": run.get("steps"), "status": "missing"}
+            if "not_run" in run:
+                row["status"] = "not_run"
+            elif run:
+                what, score = floor_score(run)
+                chance = untrained_score(run)
+                detector = what != "test accuracy"
+                row.update(metric=what, ours=_percent(score), untrained=None if chance is None else _percent(chance),
+                           target=_percent(target) if detector and target else None)
+                if not score >= floor:
+                    row["status"] = "below floor"
+                elif row["target"] is not None and not score >= target:
+                    row["status"] = "below target"
+                else:
+                    row["status"] = "pass"
+            rows.append(row)
+        self.floor_frame = pd.DataFrame(rows, columns=FLOOR_COLUMNS)
+        return self.floor_frame
+
     def counts(self) -> dict[str, int]:
         frame = pd.concat(self.frames.values()) if self.frames else pd.DataFrame(columns=COLUMNS)
         counts = {s: int((frame["status"] == s).sum()) for s in STATUSES}
@@ -399,6 +434,10 @@ class Report:
         for table_id in self.frames:
             lines += [f"## {specs[table_id].title}", "", f"Source: {specs[table_id].source}.", ""]
             lines += [self.formatted(table_id).to_markdown(index=False, floatfmt=".4g"), ""]
+        if self.floor_frame is not None:
+            lines += ["## Planned runs against their floors", "", "Percentages; `untrained`: the same network "
+                      "before training; `target`: what a detector should reach at this profile.", "",
+                      self.floor_frame.to_markdown(index=False, floatfmt=".4g"), ""]
         if self.runs:
             lines += ["## Runs", "", pd.DataFrame(
                 [{"experiment": k, **{c: v.get(c) for c in _run_columns(self.runs) + ("train_seconds", "cached")}}
@@ -450,6 +489,8 @@ class Report:
                     wide = data.pivot_table(index="step", columns=["experiment", "curve"], values="error")
                     wide.columns = [f"{experiment} {curve}" for experiment, curve in wide.columns]
                     wide.reset_index().to_csv(target / f"{name}_wide.csv", index=False)
+        if self.floor_frame is not None:
+            self.floor_frame.to_csv(target / "floors.csv", index=False)
         (target / "tables.md").write_text(self.markdown())
         (target / "metrics.json").write_text(json.dumps(self.metrics(), indent=2))
         (target / "summary.json").write_text(json.dumps(self.summary(), indent=2))
@@ -543,6 +584,11 @@ def _run_columns(runs: Mapping[str, Mapping]) -> tuple[str, ...]:
 
 def _join(*parts) -> str:
     return "; ".join(p for p in parts if p)
+
+
+def _percent(fraction: float) -> float:
+    """A fraction as a percentage, without the binary noise of the product (0.55 -> 55.0)."""
+    return round(100 * float(fraction), 9)
 
 
 def _isnan(v) -> bool:

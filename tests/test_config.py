@@ -104,3 +104,37 @@ def test_a_users_override_of_the_profile_reaches_its_substitutions():
     assert compose("resnet", "reduced", ["experiment=resnet20_cifar10"]).data.name == "fashion_mnist"
     cfg = compose("resnet", "reduced", ["experiment=resnet20_cifar10", "profile.substitute_data.cifar10=cifar10"])
     assert cfg.data.name == "cifar10"
+
+
+def test_compositions_are_kept_on_disk_keyed_by_the_conf_files(tmp_path, monkeypatch):
+    """A composition is made once for all processes (`compose_cache_dir`): a fresh process reads it
+    from disk, the same as Hydra's; an edited conf/ file or a damaged entry composes again."""
+    from omegaconf import OmegaConf
+
+    from replicate import config
+
+    monkeypatch.setenv("REPLICATE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(config, "_COMPOSED", {})
+    fresh = config.compose("resnet", "reduced", ["experiment=resnet20_cifar10", "recipe.max_steps=7"])
+    stored = sorted((tmp_path / "cache" / "compose").glob("*.yaml"))
+    assert len(stored) == 2  # the paper alone, then with the experiment
+
+    monkeypatch.setattr(config, "_COMPOSED", {})  # a new process
+    monkeypatch.setattr(config, "_compose_now", lambda overrides: pytest.fail("composed again"))
+    again = config.compose("resnet", "reduced", ["experiment=resnet20_cifar10", "recipe.max_steps=7"])
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(fresh) and OmegaConf.is_struct(again)
+    with pytest.raises(Exception, match="lrr"):  # still a struct config: unknown keys are refused
+        OmegaConf.update(again, "recipe.lrr", 1.0, merge=True)
+
+    composed = []
+    monkeypatch.setattr(config, "_compose_now", lambda overrides: composed.append(overrides) or fresh)
+    for path in stored:
+        path.write_text("{not yaml: [")  # damaged entries
+    monkeypatch.setattr(config, "_COMPOSED", {})
+    config._hydra(["paper=resnet", "profile=reduced"])
+    assert composed == [["paper=resnet", "profile=reduced"]]
+    monkeypatch.setattr(config, "_COMPOSED", {})
+    monkeypatch.setattr(config, "_conf_state", lambda: (("edited", 1, 1),))
+    monkeypatch.setattr(config, "_DIGESTS", {(("edited", 1, 1),): "other conf/ files"})
+    config._hydra(["paper=resnet", "profile=reduced"])
+    assert len(composed) == 2  # another state of conf/: composed again

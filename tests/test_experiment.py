@@ -117,6 +117,21 @@ def test_missing_dataset_is_a_clear_error_and_a_not_run_row(tmp_path):
     assert "cifar-10-batches-py" in results["resnet20_cifar10"]["not_run"]
 
 
+@pytest.mark.parametrize("paper,name", [("resnet", "resnet50_imagenet"), ("yolov3", "yolov3_coco")])
+def test_a_run_without_its_data_builds_nothing_and_leaves_no_folder(tmp_path, monkeypatch, paper, name):
+    """ImageNet and COCO are never downloaded: their absence is found before the network, the
+    trainer or the run folder is made (the full profile's pass over absent data sets is quick)."""
+    from replicate import models
+
+    monkeypatch.setattr(models, "build", lambda *a, **k: pytest.fail("a network was built"))
+    cfg = compose(paper, "full", [f"experiment={name}", f"paths.data_dir={tmp_path / 'data'}",
+                                  f"paths.run_dir={tmp_path / 'runs'}"])
+    assert cfg.data.download  # the full profile downloads what can be downloaded, not these
+    with pytest.raises(DatasetMissingError, match="not found"):
+        experiment.run(cfg)
+    assert not experiment.run_dir(cfg).exists()
+
+
 def test_plateau_schedule_steps_once_per_epoch(tmp_path):
     """The ImageNet recipe's 'divide by 10 when the error plateaus' (Sec. 3.4), checked every epoch.
 

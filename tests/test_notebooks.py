@@ -194,6 +194,7 @@ def test_notebook_regenerates_its_tables_on_the_reduced_profile(paper, replicati
 
 
 @pytest.mark.slow
+@pytest.mark.full_profile  # after the reduced replication (its counts), two at a time (make test)
 @pytest.mark.parametrize("paper", [p.stem for p in NOTEBOOKS])
 def test_full_profile_without_datasets_reports_them_missing(paper, tmp_path, monkeypatch):
     """The full profile's code path here, where CIFAR, ImageNet and VOC are absent: the exact

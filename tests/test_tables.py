@@ -290,3 +290,28 @@ def test_view_shows_whole_notes_no_index_formatted_numbers_and_a_coloured_status
     assert "row_heading" not in html  # no index column
     assert "3.6" in html and "3.6000000" not in html
     assert report.formatted("table1").loc[0, "note"] == note
+
+
+def test_the_floor_table_shows_each_planned_run_its_chance_row_and_the_detection_target(cfg, tmp_path):
+    """`Report.floors`: every planned run, its score, the untrained network's, the floor, and for a
+    detector the profile's target; a detector under the target but over its floor is shown so."""
+    results = planned_results(resnet20_cifar10={"untrained_map": 1.0, "test_map": 30.0},
+                              resnet56_cifar10={"untrained_map_50": 0.5, "test_map_50": 55.0, "test_map": 20.0},
+                              plain20_cifar10={"test_top1_err": 50.0},
+                              plain56_cifar10={"not_run": "data missing"})
+    OmegaConf.update(cfg, "paper.floors.reduced.resnet20_cifar10", 0.2, merge=False)
+    OmegaConf.update(cfg, "paper.floors.reduced.resnet56_cifar10", 0.2, merge=False)
+    report = Report(cfg)
+    table = report.floors(results).set_index("run")
+    assert cfg.profile.detection_target == 0.5
+    assert table.loc["resnet20_cifar10", ["metric", "ours", "untrained", "target", "status"]].tolist() == [
+        "test mAP", 30.0, 1.0, 50.0, "below target"]
+    assert table.loc["resnet56_cifar10", ["metric", "ours", "untrained", "status"]].tolist() == [
+        "test AP@0.5", 55.0, 0.5, "pass"]
+    assert table.loc["plain20_cifar10", "status"] == "below floor"
+    assert table["target"].isna()["plain20_cifar10"]  # a classifier has no detection target
+    assert table.loc["plain56_cifar10", "status"] == "not_run"
+    assert table.loc["resnet20_cifar10", "floor"] == pytest.approx(20.0)
+    written = report.write(tmp_path / "out")
+    assert (written / "floors.csv").read_text().splitlines()[0] == "run,metric,ours,untrained,floor,target,steps,status"
+    assert "Planned runs against their floors" in (written / "tables.md").read_text()

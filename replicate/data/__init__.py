@@ -28,11 +28,14 @@ from .transforms import PAPER_CROP
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
 AUGMENTATIONS = ("none", "cifar", "imagenet", "inception")
 NORMALIZATIONS = ("per_pixel_mean", "channel_mean", "none")
+# The sets `prepare(..., download=True)` can fetch (torchvision's downloaders); ImageNet and COCO
+# are never downloaded.
+DOWNLOADABLE = ("fashion_mnist", "cifar10", "cifar100", "voc2007", "voc2012", "voc0712")
 CHANNELS = {"fashion_mnist": 1, "cifar10": 3, "cifar100": 3, "imagenet": 3}
 NATIVE_SIZE = {"fashion_mnist": fashion_mnist.NATIVE_SIZE, "cifar10": cifar.NATIVE_SIZE, "cifar100": cifar.NATIVE_SIZE}
 
 __all__ = [
-    "DATASETS", "AUGMENTATIONS", "NORMALIZATIONS", "build_datamodule", "prepare",
+    "DATASETS", "DOWNLOADABLE", "AUGMENTATIONS", "NORMALIZATIONS", "build_datamodule", "prepare",
     "TensorDataModule", "ImageNetDataModule", "Splits",
 ]
 

@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 from ..ops import boxes as B
 from ._registry import register
-from .vgg import CONFIGS, _scaled, make_features
+from .layers import scaled
+from .vgg import CONFIGS, make_features
 
 # Sec. 2.3's sampling and Sec. 3's detection settings.
 ROIS_PER_IMAGE = 64
@@ -73,7 +74,7 @@ def vgg16_trunk(in_channels: int = 3, width_mult: float = 1.0) -> nn.Sequential:
 
 
 def trunk_channels(width_mult: float) -> int:
-    return _scaled(512, width_mult)
+    return scaled(512, width_mult)
 
 
 def freeze_convs(trunk: nn.Sequential, count: int) -> None:
@@ -227,10 +228,6 @@ def image_batch(images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]
     return batch, sizes
 
 
-def _plain(t: Tensor) -> Tensor:
-    return t.as_subclass(Tensor) if isinstance(t, Tensor) else torch.as_tensor(t)
-
-
 class FastRCNN(nn.Module):
     """VGG-16 trunk + RoI pooling + Fast R-CNN head, fed external proposals (selective search)."""
 
@@ -244,7 +241,7 @@ class FastRCNN(nn.Module):
         if width_mult <= 0:
             raise ValueError(f"width_mult must be positive, not {width_mult!r}")
         self.trunk = vgg16_trunk(in_channels, width_mult)
-        self.head = FastRCNNHead(trunk_channels(width_mult), num_classes, hidden=_scaled(4096, width_mult),
+        self.head = FastRCNNHead(trunk_channels(width_mult), num_classes, hidden=scaled(4096, width_mult),
                                  dropout=dropout)
         if trunk_weights:
             load_vgg16_weights(self.trunk, self.head, trunk_weights)
@@ -265,12 +262,12 @@ class FastRCNN(nn.Module):
                 raise ValueError("Fast R-CNN needs proposals: pass proposals=[...] or targets with 'proposals' "
                                  "(replicate.proposals attaches selective search boxes to the targets).")
             proposals = [t["proposals"] for t in targets]
-        proposals = [_plain(p).to(images[0].device, torch.float32).reshape(-1, 4) for p in proposals]
+        proposals = [B.plain_tensor(p).to(images[0].device, torch.float32).reshape(-1, 4) for p in proposals]
         features, sizes = self.features(images)
         if self.training:
             if targets is None:
                 raise ValueError("training needs targets")
-            sampled = [sample_rois(p, _plain(t["boxes"]).float(), t["labels"], rois_per_image=self.rois_per_image,
+            sampled = [sample_rois(p, B.plain_tensor(t["boxes"]).float(), t["labels"], rois_per_image=self.rois_per_image,
                                    fg_fraction=self.fg_fraction) for p, t in zip(proposals, targets)]
             rois = [s[0] for s in sampled]
             logits, deltas = self.head(features, rois)

@@ -45,10 +45,10 @@ from ..ops import anchors as A
 from ..ops import boxes as B
 from ._registry import register
 from .fast_rcnn import (
-    FG_FRACTION, ROIS_PER_IMAGE, STRIDE, FastRCNNHead, _plain, fast_rcnn_loss, freeze_convs, image_batch,
+    FG_FRACTION, ROIS_PER_IMAGE, STRIDE, FastRCNNHead, fast_rcnn_loss, freeze_convs, image_batch,
     load_vgg16_weights, postprocess, sample_rois, trunk_channels, vgg16_trunk,
 )
-from .vgg import _scaled
+from .layers import scaled
 
 
 class RPNHead(nn.Module):
@@ -148,7 +148,7 @@ class FasterRCNN(nn.Module):
         self.anchors = A.AnchorGrid([s * anchor_scale_factor for s in anchor_scales], anchor_ratios, stride=STRIDE)
         # Sec. 3.1: "512-d for VGG": the width of conv5_3, scaled with it.
         self.rpn = RPNHead(channels, self.anchors.num_anchors, rpn_channels or channels)
-        self.head = FastRCNNHead(channels, num_classes, hidden=_scaled(4096, width_mult), dropout=dropout)
+        self.head = FastRCNNHead(channels, num_classes, hidden=scaled(4096, width_mult), dropout=dropout)
         if trunk_weights:
             load_vgg16_weights(self.trunk, self.head, trunk_weights)
         freeze_convs(self.trunk, frozen_convs)
@@ -228,7 +228,7 @@ class FasterRCNN(nn.Module):
             return self.detect(features, self.propose(features, sizes)[3], sizes)
         if targets is None:
             raise ValueError("training needs targets")
-        gts = [_plain(t["boxes"]).float().reshape(-1, 4) for t in targets]
+        gts = [B.plain_tensor(t["boxes"]).float().reshape(-1, 4) for t in targets]
         stage = self.train_stage
         if stage == "detector":
             proposals = self._fixed_proposals(images, features, sizes)

@@ -43,8 +43,8 @@ from torchvision.ops import roi_align
 
 from ..ops import boxes as B
 from ._registry import register
-from .fast_rcnn import _plain, vgg16_trunk
-from .vgg import _scaled
+from .fast_rcnn import vgg16_trunk
+from .layers import scaled
 
 CONTEXT = 16          # Sec. 2.1 / Appendix A: pixels of context around the box, at the warped size
 FG_IOU = 0.5          # Sec. 2.3: fine-tuning positives
@@ -156,13 +156,13 @@ class RCNN(nn.Module):
             if targets is None or any("proposals" not in t for t in targets):
                 raise ValueError("R-CNN needs proposals: pass proposals=[...] or targets with 'proposals'.")
             proposals = [t["proposals"] for t in targets]
-        proposals = [_plain(p).to(images[0].device, torch.float32).reshape(-1, 4) for p in proposals]
+        proposals = [B.plain_tensor(p).to(images[0].device, torch.float32).reshape(-1, 4) for p in proposals]
         if not self.training:
             return self.detect(images, proposals)
         per_image = max(1, self.windows_per_batch // len(images))
         windows, labels = [], []
         for image, boxes, target in zip(images, proposals, targets):
-            gt = _plain(target["boxes"]).float().reshape(-1, 4)
+            gt = B.plain_tensor(target["boxes"]).float().reshape(-1, 4)
             candidates = torch.cat([boxes, gt])
             iou = B.box_iou(candidates, gt)
             matched, fg = B.label_by_iou(iou, FG_IOU, (0.0, FG_IOU))
@@ -172,7 +172,7 @@ class RCNN(nn.Module):
             is_fg = kept[index] > 0
             if gt.shape[0]:
                 label[is_fg] = target["labels"][matched[index][is_fg]]
-            windows.append(self.warp(_plain(image), candidates[index]))
+            windows.append(self.warp(B.plain_tensor(image), candidates[index]))
             labels.append(label)
         _, fc7 = self.region_features(torch.cat(windows))
         return {"loss_cls": F.cross_entropy(self.cls_score(fc7), torch.cat(labels))}
@@ -188,10 +188,10 @@ class RCNN(nn.Module):
         try:
             for images, targets in loader:
                 for image, target in zip(images, targets):
-                    gt = _plain(target["boxes"]).float().reshape(-1, 4).to(image.device)
-                    props = _plain(target["proposals"]).float().reshape(-1, 4).to(image.device)
+                    gt = B.plain_tensor(target["boxes"]).float().reshape(-1, 4).to(image.device)
+                    props = B.plain_tensor(target["proposals"]).float().reshape(-1, 4).to(image.device)
                     boxes = torch.cat([gt, props])
-                    pool5, fc7 = self._features_of(_plain(image), boxes)
+                    pool5, fc7 = self._features_of(B.plain_tensor(image), boxes)
                     if gt.shape[0]:
                         best, match = B.box_iou(boxes, gt).max(1)
                         cls = target["labels"].to(image.device)[match]
@@ -264,7 +264,7 @@ class RCNN(nn.Module):
         for image, boxes in zip(images, proposals):
             hw = (int(image.shape[-2]), int(image.shape[-1]))
             boxes = B.clip_boxes_to_image(boxes, hw)
-            pool5, fc7 = self._features_of(_plain(image), boxes)
+            pool5, fc7 = self._features_of(B.plain_tensor(image), boxes)
             scores = fc7 @ self.svm_weight.T + self.svm_bias  # [R, K]
             x = torch.cat([pool5, pool5.new_ones(len(pool5), 1)], 1)
             deltas = torch.einsum("rd,kdc->rkc", x, self.bbox_weight)  # [R, K, 4]
@@ -310,8 +310,8 @@ def rcnn_alexnet(num_classes: int = 20, in_channels: int = 3, width_mult: float 
                  **kw) -> RCNN:
     """R-CNN with Krizhevsky et al.'s network (Caffe's reference model; the paper's "T-Net")."""
     features = alexnet_features(in_channels, width_mult)
-    return RCNN(features, _scaled(256, width_mult), num_classes, warp_size=warp_size,
-                hidden=_scaled(4096, width_mult), **kw)
+    return RCNN(features, scaled(256, width_mult), num_classes, warp_size=warp_size,
+                hidden=scaled(4096, width_mult), **kw)
 
 
 @register
@@ -321,5 +321,5 @@ def rcnn_vgg16(num_classes: int = 20, in_channels: int = 3, width_mult: float = 
     five max-pools (pool5 7 x 7 x 512 at 224)."""
     features = vgg16_trunk(in_channels, width_mult)
     features.append(nn.MaxPool2d(2, 2))
-    return RCNN(features, _scaled(512, width_mult), num_classes, warp_size=warp_size,
-                hidden=_scaled(4096, width_mult), **kw)
+    return RCNN(features, scaled(512, width_mult), num_classes, warp_size=warp_size,
+                hidden=scaled(4096, width_mult), **kw)

@@ -155,7 +155,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def _imagenet_net(block, depths, *, residual: bool, num_classes: int = 1000, in_channels: int = 3,
+def imagenet_resnet(block, depths, *, residual: bool, num_classes: int = 1000, in_channels: int = 3,
                   shortcut: Shortcut = "B", **block_kwargs) -> ResNet:
     """Table 1: conv1 7x7/2 with 64 filters, 3x3/2 max-pool, conv2_x..conv5_x with 64..512 widths."""
     stem = nn.Sequential(
@@ -182,38 +182,38 @@ def _cifar_net(depth: int, *, residual: bool, num_classes: int = 10, in_channels
 # ImageNet networks, Table 1. Option B shortcuts by default (Table 3, used for 50/101/152).
 @register
 def resnet18(**kw) -> ResNet:
-    return _imagenet_net(BasicBlock, (2, 2, 2, 2), residual=True, **kw)
+    return imagenet_resnet(BasicBlock, (2, 2, 2, 2), residual=True, **kw)
 
 
 @register
 def resnet34(**kw) -> ResNet:
-    return _imagenet_net(BasicBlock, (3, 4, 6, 3), residual=True, **kw)
+    return imagenet_resnet(BasicBlock, (3, 4, 6, 3), residual=True, **kw)
 
 
 @register
 def resnet50(**kw) -> ResNet:
-    return _imagenet_net(Bottleneck, (3, 4, 6, 3), residual=True, **kw)
+    return imagenet_resnet(Bottleneck, (3, 4, 6, 3), residual=True, **kw)
 
 
 @register
 def resnet101(**kw) -> ResNet:
-    return _imagenet_net(Bottleneck, (3, 4, 23, 3), residual=True, **kw)
+    return imagenet_resnet(Bottleneck, (3, 4, 23, 3), residual=True, **kw)
 
 
 @register
 def resnet152(**kw) -> ResNet:
-    return _imagenet_net(Bottleneck, (3, 8, 36, 3), residual=True, **kw)
+    return imagenet_resnet(Bottleneck, (3, 8, 36, 3), residual=True, **kw)
 
 
 # Plain baselines of Table 2: the same layers without shortcuts.
 @register
 def plain18(**kw) -> ResNet:
-    return _imagenet_net(BasicBlock, (2, 2, 2, 2), residual=False, **kw)
+    return imagenet_resnet(BasicBlock, (2, 2, 2, 2), residual=False, **kw)
 
 
 @register
 def plain34(**kw) -> ResNet:
-    return _imagenet_net(BasicBlock, (3, 4, 6, 3), residual=False, **kw)
+    return imagenet_resnet(BasicBlock, (3, 4, 6, 3), residual=False, **kw)
 
 
 # CIFAR-10 networks of Table 6 and Fig. 6 (option A shortcuts, Sec. 4.2).

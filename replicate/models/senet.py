@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import register
-from .resnet import BasicBlock, Bottleneck, ResNet, Shortcut, ZeroPadShortcut, _imagenet_net
+from .resnet import BasicBlock, Bottleneck, ResNet, Shortcut, ZeroPadShortcut, imagenet_resnet
 
 # -- the SE block ----------------------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class PreActResNet(ResNet):
 
 def _se_imagenet_net(depths, *, reduction: int = 16, **kw) -> ResNet:
     """Table 1 (middle): ResNet's layout (conv1 7x7/2, max-pool, four stages) with SE bottlenecks."""
-    return _imagenet_net(SEBottleneck, depths, residual=True, reduction=reduction, **kw)
+    return imagenet_resnet(SEBottleneck, depths, residual=True, reduction=reduction, **kw)
 
 
 def _cifar_stem(in_channels: int) -> nn.Sequential:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ._registry import register
+from .layers import scaled
 
 # Table 1. An int is a 3x3 convolution with that many filters, "1x1-N" a 1x1 convolution,
 # "M" a max-pool, "LRN" local response normalisation.
@@ -33,10 +34,6 @@ CONFIGS: dict[str, list] = {
 }
 
 
-def _scaled(width: int, width_mult: float) -> int:
-    return max(1, round(width * width_mult))
-
-
 def make_features(config: Sequence, in_channels: int = 3, width_mult: float = 1.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = in_channels
@@ -48,7 +45,7 @@ def make_features(config: Sequence, in_channels: int = 3, width_mult: float = 1.
             layers.append(nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0))
         else:
             kernel, width = (1, int(item.split("-")[1])) if isinstance(item, str) else (3, item)
-            width = _scaled(width, width_mult)
+            width = scaled(width, width_mult)
             layers += [nn.Conv2d(channels, width, kernel, padding=kernel // 2), nn.ReLU(inplace=True)]
             channels = width
     return nn.Sequential(*layers)
@@ -63,7 +60,7 @@ class VGG(nn.Module):
         if width_mult <= 0:
             raise ValueError(f"width_mult must be positive, not {width_mult!r}")
         self.features = make_features(config, in_channels, width_mult)
-        channels, hidden = _scaled(512, width_mult), _scaled(4096, width_mult)
+        channels, hidden = scaled(512, width_mult), scaled(4096, width_mult)
         # 224 px in, five 2x2 pools: 7x7 maps; other sizes are pooled to 7x7 so the FC sizes stay the paper's.
         self.pool = nn.AdaptiveAvgPool2d(7)
         self.classifier = nn.Sequential(

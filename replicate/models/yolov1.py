@@ -61,8 +61,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.yolo import per_class_detections, to_network_input, to_network_targets
+from ..ops.yolo import (cxcywh_to_xyxy, one_per_key, paired_iou, per_class_detections, to_network_input,
+                        to_network_targets)
 from ._registry import register
+from .layers import scaled
 
 LEAKY_SLOPE = 0.1  # Sec. 2.2: phi(x) = x if x > 0, else 0.1 x
 
@@ -85,10 +87,6 @@ FAST_FEATURES: tuple = (
     (3, 512, 1), "M", (3, 1024, 1), (3, 1024, 1), (3, 1024, 1),
 )
 FAST_BOTTLENECK = 256
-
-
-def scaled(width: int, width_mult: float) -> int:
-    return max(1, round(width * width_mult))
 
 
 def conv_block(in_channels: int, out_channels: int, kernel: int, stride: int = 1, batch_norm: bool = False
@@ -171,29 +169,6 @@ class YOLOv1Network(nn.Module):
         return self.head(self.extra(self.backbone(x))).view(-1, s, s, self.outputs_per_cell)
 
 
-def _paired_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of boxes a[..., 4] and b[..., 4] (xyxy) taken pair by pair (torchvision's box_iou
-    compares every box with every box)."""
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area_a + area_b - inter).clamp(min=1e-12)
-
-
-def _cxcywh_to_xyxy(cx: Tensor, cy: Tensor, w: Tensor, h: Tensor) -> Tensor:
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-
-
-def _one_per_key(keys: Tensor, keep: str = "last") -> Tensor:
-    """Indices of the first or last occurrence (`keep`) of each distinct value of `keys` (1-D)."""
-    unique, inverse = torch.unique(keys, return_inverse=True)
-    order = torch.arange(keys.numel(), device=keys.device)
-    out = torch.full((unique.numel(),), -1 if keep == "last" else keys.numel(), dtype=torch.long, device=keys.device)
-    return out.scatter_reduce(0, inverse, order, reduce="amax" if keep == "last" else "amin")
-
-
 def encode_targets(targets: Sequence[Mapping], *, grid_size: int, num_classes: int, input_size: int,
                    device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Per cell of each image: whether an object's centre falls in it [N, S, S] (bool), that
@@ -214,7 +189,7 @@ def encode_targets(targets: Sequence[Mapping], *, grid_size: int, num_classes: i
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         i = (cx * s).floor().long().clamp(0, s - 1)
         j = (cy * s).floor().long().clamp(0, s - 1)
-        keep = _one_per_key(j * s + i, "first")
+        keep = one_per_key(j * s + i, "first")
         i, j = i[keep], j[keep]
         has_object[k, j, i] = True
         boxes_out[k, j, i] = torch.stack([cx, cy, w, h], -1)[keep]
@@ -236,7 +211,7 @@ def predicted_boxes(box_outputs: Tensor) -> Tensor:
     cells = torch.arange(s, device=box_outputs.device, dtype=box_outputs.dtype)
     cx = (box_outputs[..., 0] + cells.view(1, 1, s, 1)) / s
     cy = (box_outputs[..., 1] + cells.view(1, s, 1, 1)) / s
-    return _cxcywh_to_xyxy(cx, cy, box_outputs[..., 2].square(), box_outputs[..., 3].square())
+    return cxcywh_to_xyxy(cx, cy, box_outputs[..., 2].square(), box_outputs[..., 3].square())
 
 
 def yolov1_loss(raw: Tensor, targets: Sequence[Mapping], *, boxes_per_cell: int = 2, input_size: int = 448,
@@ -249,8 +224,8 @@ def yolov1_loss(raw: Tensor, targets: Sequence[Mapping], *, boxes_per_cell: int 
                                                       input_size=input_size, device=raw.device)
     cells = torch.arange(s, device=raw.device, dtype=raw.dtype)
     with torch.no_grad():
-        truth_xyxy = _cxcywh_to_xyxy(*truth.unbind(-1))
-        iou = _paired_iou(predicted_boxes(box_out.detach()), truth_xyxy[:, :, :, None, :])  # [N, S, S, B]
+        truth_xyxy = cxcywh_to_xyxy(*truth.unbind(-1))
+        iou = paired_iou(predicted_boxes(box_out.detach()), truth_xyxy[:, :, :, None, :])  # [N, S, S, B]
         # "highest current IOU with the ground truth" picks the responsible predictor.
         best = iou.argmax(-1, keepdim=True)
         responsible = torch.zeros_like(iou, dtype=torch.bool).scatter_(-1, best, True) & has_object[..., None]

@@ -81,12 +81,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-from ..ops.yolo import per_class_detections, to_network_input, to_network_targets
+from ..ops.yolo import (cxcywh_to_xyxy, one_per_key, paired_iou, per_class_detections, to_network_input,
+                        to_network_targets)
 from ..ops.kmeans_anchors import hand_picked_anchors, wh_iou
 from ._registry import register
 from .yolov1 import DETECTION as YOLOV1_DETECTION
 from .yolov1 import FEATURES as YOLOV1_FEATURES
-from .yolov1 import LEAKY_SLOPE, _cxcywh_to_xyxy, _one_per_key, _paired_iou, conv_block, make_layers, scaled
+from .layers import scaled
+from .yolov1 import LEAKY_SLOPE, conv_block, make_layers
 
 STRIDE = 32  # five 2x2 max-pools
 PAPER_MIN_SIZE = 600  # Faster R-CNN's anchors are pixels of an image scaled to a 600-pixel shorter side
@@ -279,7 +281,7 @@ def yolov2_loss(raw: Tensor, targets: Sequence[Mapping], anchors: Tensor, *, inp
     with torch.no_grad():
         size = anchors * t_wh.detach().clamp(max=10).exp()
         centre = box_centres(raw[..., :2].detach(), anchors, direct_location)
-        pred = _cxcywh_to_xyxy(centre[..., 0], centre[..., 1], size[..., 0], size[..., 1])
+        pred = cxcywh_to_xyxy(centre[..., 0], centre[..., 1], size[..., 0], size[..., 1])
     responsible = torch.zeros(n, h, w, a, dtype=torch.bool, device=raw.device)
     ignore = torch.zeros_like(responsible)
     idx_b, idx_j, idx_i, idx_a, truths, labels = [], [], [], [], [], []
@@ -304,7 +306,7 @@ def yolov2_loss(raw: Tensor, targets: Sequence[Mapping], anchors: Tensor, *, inp
     if idx_b:
         b_, j_, i_, a_ = (torch.cat(v) for v in (idx_b, idx_j, idx_i, idx_a))
         truth, label = torch.cat(truths), torch.cat(labels)
-        keep = _one_per_key(((b_ * h + j_) * w + i_) * a + a_, "last")  # a later truth overwrites an earlier one
+        keep = one_per_key(((b_ * h + j_) * w + i_) * a + a_, "last")  # a later truth overwrites an earlier one
         b_, j_, i_, a_, truth, label = b_[keep], j_[keep], i_[keep], a_[keep], truth[keep], label[keep]
         responsible[b_, j_, i_, a_] = True
         weight = coord_scale * (2 - (truth[:, 2] / w) * (truth[:, 3] / h))
@@ -314,7 +316,7 @@ def yolov2_loss(raw: Tensor, targets: Sequence[Mapping], anchors: Tensor, *, inp
         xy_error = (xy[b_, j_, i_, a_] - target_xy).square().sum(-1)
         wh_error = (t_wh[b_, j_, i_, a_] - torch.log(truth[:, 2:] / anchor)).square().sum(-1)
         with torch.no_grad():
-            iou = _paired_iou(pred[b_, j_, i_, a_], _cxcywh_to_xyxy(*truth.unbind(-1)))
+            iou = paired_iou(pred[b_, j_, i_, a_], cxcywh_to_xyxy(*truth.unbind(-1)))
         loss_xy = 0.5 * (weight * xy_error).sum() / n
         loss_wh = 0.5 * (weight * wh_error).sum() / n
         loss_obj = 0.5 * object_scale * (sig_obj[b_, j_, i_, a_] - iou).square().sum() / n
@@ -411,7 +413,7 @@ class YOLOv2(nn.Module):
         anchors = self.anchors.to(raw.dtype)
         size = anchors * raw[..., 2:4].clamp(max=10).exp()
         centre = box_centres(raw[..., :2], anchors, self.direct_location)
-        boxes = _cxcywh_to_xyxy(centre[..., 0], centre[..., 1], size[..., 0], size[..., 1])
+        boxes = cxcywh_to_xyxy(centre[..., 0], centre[..., 1], size[..., 0], size[..., 1])
         boxes = (boxes * stride).clamp(0, self.input_size)
         scores = raw[..., 4].sigmoid()[..., None] * raw[..., 5:].softmax(-1)  # [N, H, W, A, C]
         return [per_class_detections(boxes[k], scores[k], scales[k], hw, score_threshold=self.score_threshold,

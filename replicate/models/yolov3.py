@@ -54,6 +54,7 @@ from torchvision.ops import box_iou, complete_box_iou_loss, distance_box_iou_los
 from ..ops.yolo import select_detections, to_image_boxes, to_network_input, to_network_targets
 from ..ops.kmeans_anchors import wh_iou
 from ._registry import register
+from .layers import scaled
 
 LEAKY_SLOPE = 0.1
 STRIDES = (8, 16, 32)
@@ -65,11 +66,6 @@ BOX_LOSSES = ("mse", "giou", "diou", "ciou")
 _IOU_LOSSES = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
 # exp(t_w) is capped so that an untrained network's boxes stay finite in the IoU losses and decoding.
 _MAX_LOG_SIZE = math.log(1000.0)
-
-
-def scaled(channels: int, width_mult: float) -> int:
-    """A convolution's width times `width_mult` (at least 1)."""
-    return max(1, round(channels * width_mult))
 
 
 # Darknet's activation names: leaky ReLU (slope 0.1), Mish, Swish (x sigmoid(x); YOLOv4 Table 2)

@@ -31,11 +31,17 @@ from torchvision.ops import roi_pool as _roi_pool
 
 __all__ = [
     "BACKGROUND", "IGNORE", "encode", "decode", "box_iou", "box_area", "nms", "batched_nms", "clip_boxes_to_image",
-    "remove_small_boxes", "roi_pool", "label_by_iou", "sample_labels",
+    "remove_small_boxes", "roi_pool", "label_by_iou", "sample_labels", "plain_tensor",
 ]
 
 # A numerical guard, not a paper choice: exp() of a wild early prediction would overflow.
 _MAX_LOG_SCALE = math.log(1000.0 / 16)
+
+def plain_tensor(boxes) -> Tensor:
+    """`boxes` as a plain tensor: torchvision's `BoundingBoxes` (a Tensor subclass the readers
+    return) would carry its metadata through every operation and slow them."""
+    return boxes.as_subclass(Tensor) if isinstance(boxes, Tensor) else torch.as_tensor(boxes)
+
 
 BACKGROUND = 0  # label_by_iou's label for a negative (background) box
 IGNORE = -1  # ...for a box that takes no part in the loss

@@ -19,7 +19,31 @@ from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
 __all__ = ["to_network_input", "to_network_targets", "to_image_boxes", "diou_nms", "select_detections",
-           "per_class_detections"]
+           "per_class_detections", "paired_iou", "cxcywh_to_xyxy", "one_per_key"]
+
+
+def paired_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of boxes a[..., 4] and b[..., 4] (xyxy) taken pair by pair (torchvision's box_iou
+    compares every box with every box)."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    return inter / (area_a + area_b - inter).clamp(min=1e-12)
+
+
+def cxcywh_to_xyxy(cx: Tensor, cy: Tensor, w: Tensor, h: Tensor) -> Tensor:
+    """Centres and sizes, given apart, stacked as (x1, y1, x2, y2) boxes."""
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+def one_per_key(keys: Tensor, keep: str = "last") -> Tensor:
+    """Indices of the first or last occurrence (`keep`) of each distinct value of `keys` (1-D)."""
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    order = torch.arange(keys.numel(), device=keys.device)
+    out = torch.full((unique.numel(),), -1 if keep == "last" else keys.numel(), dtype=torch.long, device=keys.device)
+    return out.scatter_reduce(0, inverse, order, reduce="amax" if keep == "last" else "amin")
 
 
 def to_network_input(images: Sequence[Tensor], size: int | tuple[int, int]) -> tuple[Tensor, Tensor]:

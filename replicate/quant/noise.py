@@ -61,7 +61,7 @@ class ScalarNoise(nn.Module):
     def __init__(self, p: float, bits: int, granularity: str = "channel"):
         super().__init__()
         self.p, self.bits, self.granularity = _check_p(p), int(bits), granularity
-        scalar._check(self.bits, granularity)
+        scalar.check_settings(self.bits, granularity)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:

@@ -390,21 +390,21 @@ def size_rows(report, table_id: str) -> pd.DataFrame:
             raise ConfigError(f"table {table_id}: quantity {quantity!r} must be params or size_mb.")
         tol = report_tolerance(spec, cell)
         delta = ours - cell["paper"]
-        rows.append(report._row(spec, cell, ours=ours, delta=delta, tolerance=tol,
+        rows.append(report.cell_row(spec, cell, ours=ours, delta=delta, tolerance=tol,
                                 status="match" if abs(delta) <= tol + 1e-12 else "off"))
     extra = []
     for method in METHODS:
         size = model_size(model, method, **kwargs)
         extra.append({"method": method, "size (MB)": round(size.mb, 3), "ratio": round(size.ratio, 2)})
-    frame = report._store(table_id, rows)
+    frame = report.store(table_id, rows)
     report.extra_columns.pop(table_id, None)
     return frame, pd.DataFrame(extra)
 
 
 def report_tolerance(spec: Mapping, cell: Mapping) -> float:
-    from ..tables import _tolerance
+    from ..tables import cell_tolerance
 
-    return _tolerance(spec, cell)
+    return cell_tolerance(spec, cell)
 
 
 __all__ = ["compress_all", "compress", "accuracy_size_frame", "accuracy_size_plot", "size_rows", "training_experiment"]

@@ -24,7 +24,7 @@ Granularity = Literal["channel", "layer"]
 GRANULARITIES = ("channel", "layer")
 
 
-def _check(bits: int, granularity: str) -> None:
+def check_settings(bits: int, granularity: str) -> None:
     if not isinstance(bits, int) or not 1 <= bits <= 16:
         raise ValueError(f"bits={bits!r} must be an integer in [1, 16] (4 and 8 in the paper).")
     if granularity not in GRANULARITIES:
@@ -33,7 +33,7 @@ def _check(bits: int, granularity: str) -> None:
 
 def qparams(w: torch.Tensor, bits: int, granularity: Granularity = "channel") -> tuple[torch.Tensor, torch.Tensor]:
     """Scale s and zero point z of `w` (shaped to broadcast against it) for N = `bits`."""
-    _check(bits, granularity)
+    check_settings(bits, granularity)
     w = w.detach()
     if granularity == "channel" and w.ndim > 1:
         flat = w.reshape(w.shape[0], -1)

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from ..metrics.detection import PROTOCOLS, evaluate_detections
 
 
-def _to_cpu(item: Mapping) -> dict:
+def to_cpu(item: Mapping) -> dict:
     """Tensors on the CPU, floating ones as float32 (bf16 autocast leaves some in bfloat16)."""
     def move(v):
         v = v.detach().to("cpu").as_subclass(torch.Tensor)
@@ -107,9 +107,9 @@ class DetectionTask(L.LightningModule):
         detections = self.model(images)
         for image, detection, target in zip(images, detections, targets):
             hw = (int(image.shape[-2]), int(image.shape[-1]))
-            detection = {**_to_cpu(detection), "orig_size": target.get("orig_size")}
-            self._outputs[stage].append((to_original_size(_to_cpu(detection), hw),
-                                         to_original_size(_to_cpu(target), hw)))
+            detection = {**to_cpu(detection), "orig_size": target.get("orig_size")}
+            self._outputs[stage].append((to_original_size(to_cpu(detection), hw),
+                                         to_original_size(to_cpu(target), hw)))
 
     def validation_step(self, batch, batch_idx):
         self._collect(batch, "val")
