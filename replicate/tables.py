@@ -587,8 +587,8 @@ def _join(*parts) -> str:
 
 
 def _percent(fraction: float) -> float:
-    """A fraction as a percentage, without the binary noise of the product (0.55 -> 55.0)."""
-    return round(100 * float(fraction), 9)
+    """A fraction as a percentage to two decimals, as the runs print their scores (0.55 -> 55.0)."""
+    return round(100 * float(fraction), 2)
 
 
 def _isnan(v) -> bool:
