@@ -28,15 +28,13 @@ Fast R-CNN (`fast_rcnn_vgg16`) takes external proposals: `--proposals` random bo
 and to `model(images, proposals=...)` at inference; their generation is not timed.
 
 Only torch and `replicate.models` are imported (no Hydra, Lightning or pycocotools), so the
-script runs on a bare GPU machine with torch and torchvision. YOLOv4's training forward imports
-`replicate.data.detection_mix` (Mosaic; torch only), whose package's __init__ imports Lightning:
-where Lightning is missing the module is loaded by path (`preload_torch_only_modules`).
+script runs on a bare GPU machine with torch and torchvision (YOLOv4's Mosaic and CutMix are in
+`replicate.ops.mix`, torch only).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -51,27 +49,6 @@ from replicate import models  # noqa: E402
 
 FULL_PRECISION = "bf16-mixed"  # conf/profile/full.yaml trainer.precision
 FULL_CHANNELS_LAST = True  # conf/config.yaml speed.channels_last
-# Modules a detector's training forward may import that need torch only, but whose package's
-# __init__ imports the training stack (replicate/data/__init__.py imports Lightning).
-TORCH_ONLY_MODULES = {"replicate.data.detection_mix": ROOT / "replicate" / "data" / "detection_mix.py"}
-
-
-def preload_torch_only_modules() -> list[str]:
-    """Where Lightning is missing (a bare GPU machine), load the torch-only modules above by path
-    under their dotted names, so that e.g. YOLOv4's Mosaic (`from replicate.data.detection_mix
-    import mosaic` in its training forward) imports without the package's __init__."""
-    if importlib.util.find_spec("lightning") is not None:
-        return []
-    loaded = []
-    for name, path in TORCH_ONLY_MODULES.items():
-        if name in sys.modules or not path.exists():
-            continue
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        loaded.append(name)
-    return loaded
 
 
 def random_boxes(n: int, height: int, width: int, generator: torch.Generator, min_frac: float = 0.05,
@@ -266,7 +243,6 @@ def main() -> None:
     parser.add_argument("--no-train", dest="train", action="store_false")
     parser.add_argument("--no-infer", dest="infer", action="store_false")
     args = parser.parse_args()
-    preload_torch_only_modules()
     size = args.input_size or models.default_input_size(args.model)[1]
     precision = args.precision or (FULL_PRECISION if args.device.startswith("cuda") else "32-true")
     print(json.dumps(measure(

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from replicate import models
-from replicate.complexity import count
+from replicate.measure.complexity import count
 
 
 def _torchvision(name: str) -> Callable[[], torch.nn.Module]:

@@ -50,13 +50,13 @@ def _config(args: argparse.Namespace) -> None:
     shown = cfg if args.all else {k: v for k, v in cfg.items() if k != "paper"}
     print(OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(OmegaConf.create(shown), resolve=True))), end="")
     if cfg.experiment is not None:
-        from .experiment import run_dir
+        from .runs import run_dir
 
         print(f"# config hash {config_hash(cfg)}; run folder {run_dir(cfg)}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .experiment import evaluate
+    from .runs import evaluate
 
     paper, profile, overrides = _paper_profile(args.overrides, "evaluate")
     print(json.dumps(evaluate(compose(paper, profile, overrides), args.checkpoint), indent=2))
@@ -91,7 +91,7 @@ def sweep_summary(results: list[dict]) -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .experiment import run, with_backbone_from
+    from .runs import run, with_backbone_from
 
     paper, profile, overrides = _paper_profile(args.overrides, "run")
     combinations = sweep(overrides) if args.multirun else [overrides]
@@ -118,7 +118,7 @@ def execute_notebook(paper: str, profile: str, overrides: list[str], report_root
     """
     import papermill
 
-    from .tables import replace_dir, write_scoreboard
+    from .report.files import replace_dir, write_scoreboard
 
     notebook = PROJECT_ROOT / "notebooks" / f"{paper}.ipynb"
     compose(paper, profile, overrides)  # fail fast, before a kernel starts, on a bad name or override
@@ -155,10 +155,10 @@ def params_overrides(params_file: Path, paper: str, profile: str) -> list[str]:
 def forget_runs(paper: str, profile: str, overrides: list[str], experiments: list[str] | None = None) -> list[Path]:
     """Delete the run folders of `experiments` (default: every run the paper plans for `profile`)
     under these overrides, so that the next execution trains them again; a folder another process
-    is writing is refused (`experiment.hold`). Returns the folders deleted."""
+    is writing is refused (`runs.store.hold`). Returns the folders deleted."""
     import shutil
 
-    from .experiment import hold, run_dir
+    from .runs.store import hold, run_dir
 
     names = experiments or list(compose(paper, profile, overrides).paper.runs[profile])
     deleted = []
@@ -207,7 +207,7 @@ def write_index(folder: Path, index: Path) -> None:
 
 
 def _scoreboard(args: argparse.Namespace) -> None:
-    from .tables import write_scoreboard
+    from .report.files import write_scoreboard
 
     print(write_scoreboard(Path(args.report_root) if args.report_root else PROJECT_ROOT / "reports"))
 

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from .complexity import count
+from .measure.complexity import count
 from .errors import ConfigError
 
 

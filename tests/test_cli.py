@@ -61,7 +61,7 @@ def test_a_truncated_checkpoint_is_one_error_line_naming_it_and_the_fix(tmp_path
     write_idx_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
     paths = [f"paths.data_dir={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'runs'}"]
     from replicate.config import compose
-    from replicate.experiment import run_dir
+    from replicate.runs import run_dir
 
     folder = run_dir(compose("resnet", "reduced", [*RUN[2:], *paths]))
     (folder / "checkpoints").mkdir(parents=True)
@@ -86,7 +86,7 @@ def test_a_corrupt_metrics_json_is_named_by_the_scoreboard(tmp_path):
 def test_notebook_force_deletes_the_planned_runs_or_the_named_one(tmp_path, monkeypatch):
     from replicate import cli as commands
     from replicate.config import compose
-    from replicate.experiment import run_dir
+    from replicate.runs import run_dir
 
     monkeypatch.setenv("REPLICATE_RUN_DIR", str(tmp_path / "runs"))
     executed = []

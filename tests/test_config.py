@@ -138,3 +138,45 @@ def test_compositions_are_kept_on_disk_keyed_by_the_conf_files(tmp_path, monkeyp
     monkeypatch.setattr(config, "_DIGESTS", {(("edited", 1, 1),): "other conf/ files"})
     config._hydra(["paper=resnet", "profile=reduced"])
     assert len(composed) == 2  # another state of conf/: composed again
+
+
+def test_each_data_config_declares_the_task_its_readers_serve():
+    """conf/data/<name>.yaml's `task` is what compose and runs.run go by; the readers agree."""
+    from replicate.config import CONF_DIR, is_detection_data
+    from replicate.data import DATASETS as CLASSIFICATION
+    from replicate.data.detection import DATASETS as DETECTION
+
+    names = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
+    assert [n for n in names if is_detection_data(n)] == sorted(set(names) & set(DETECTION))
+    assert [n for n in names if not is_detection_data(n)] == sorted(set(names) & set(CLASSIFICATION))
+    assert set(names) <= set(CLASSIFICATION) | set(DETECTION)
+
+
+def test_a_run_hash_covers_the_code_its_model_imports_and_no_other_family(tmp_path):
+    """An edit to YOLOv4 leaves a ResNet run's fingerprint (its cache key) as it was; an edit to a
+    layer YOLOv4 shares (models/layers.py), or to the runners every run executes, changes it."""
+    import shutil
+
+    from replicate.config.hashing import PACKAGE_DIR, model_sources, run_fingerprint
+
+    package = tmp_path / "replicate"
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert run_fingerprint("resnet20", package) == run_fingerprint("resnet20")  # contents, not location
+    names = {p.relative_to(package).as_posix() for p in model_sources("yolov4", package)}
+    assert {"models/yolov4.py", "models/yolov3.py", "models/cspresnext.py", "models/layers.py", "ops/mix.py"} <= names
+    assert "models/resnet.py" not in names
+
+    def edited(relative: str) -> dict[str, str]:
+        with open(package / relative, "a") as f:
+            f.write("\n# edited\n")
+        return {m: run_fingerprint(m, package) for m in ("resnet20", "yolov4", "cspresnext50")}
+
+    before = {m: run_fingerprint(m, package) for m in ("resnet20", "yolov4", "cspresnext50")}
+    after_yolo = edited("models/yolov4.py")
+    assert after_yolo["resnet20"] == before["resnet20"] and after_yolo["cspresnext50"] == before["cspresnext50"]
+    assert after_yolo["yolov4"] != before["yolov4"]
+    after_layers = edited("models/layers.py")
+    assert after_layers["cspresnext50"] != after_yolo["cspresnext50"] and after_layers["yolov4"] != after_yolo["yolov4"]
+    assert after_layers["resnet20"] == before["resnet20"]
+    after_store = edited("runs/store.py")
+    assert all(after_store[m] != after_layers[m] for m in after_store)

@@ -205,6 +205,7 @@ def test_full_profile_without_datasets_reports_them_missing(paper, tmp_path, mon
     # The exact tables' counts the reduced replication made (a count depends on the code alone).
     monkeypatch.setenv("REPLICATE_COUNT_DIR", str(PROJECT_ROOT / "runs" / "counts"))
     out = execute_notebook(paper, "full", [], tmp_path / "reports")
+    assert out == tmp_path / "reports" / paper / "full"  # where the command line says it wrote
     exact, _ = _tables(paper, "exact")
     measured, _ = _tables(paper, "measured")
     for table in exact:

@@ -37,8 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ._registry import register
-from .layers import scaled
-from .yolov3 import ConvBN, FiveStageBackbone, make_activation
+from .layers import ConvBN, FiveStageBackbone, make_activation, scaled
 
 # (output width, ResNeXt blocks, downsampling convolution) per stage: csresnext50.cfg.
 STAGES = ((256, 3, False), (512, 3, True), (1024, 5, True), (2048, 2, True))

@@ -21,9 +21,9 @@ boxes are the proposals moved by that class's offsets, scored by that class's pr
 suppressed with per-class NMS at IoU 0.3 (R-CNN's setting, which Fast R-CNN reuses).
 `truncated_svd` compresses fc6 and fc7 as Sec. 3.1 does (top 1024 and 256 singular values).
 
-Proposals come from outside the network (selective search, `replicate.proposals`): in training
+Proposals come from outside the network (selective search, `replicate.data.detection.proposals`): in training
 each target carries them as `target["proposals"]`; in evaluation they are passed as
-`model(images, proposals=...)` (`replicate.experiment_detection.ProposalDetectionTask` does both).
+`model(images, proposals=...)` (`replicate.runs.detection.ProposalDetectionTask` does both).
 
 Where this differs from the paper: the trunk is initialised from ImageNet-pretrained VGG-16 only
 when `trunk_weights` names a state dict (no download here); otherwise it starts from He et al.'s
@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from ..ops import boxes as B
 from ._registry import register
 from .layers import scaled
+from .protocols import Detector
 from .vgg import CONFIGS, make_features
 
 # Sec. 2.3's sampling and Sec. 3's detection settings.
@@ -228,9 +229,10 @@ def image_batch(images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]
     return batch, sizes
 
 
-class FastRCNN(nn.Module):
+class FastRCNN(Detector, nn.Module):
     """VGG-16 trunk + RoI pooling + Fast R-CNN head, fed external proposals (selective search)."""
 
+    pretrained_part = "trunk"
     needs_proposals = True
 
     def __init__(self, num_classes: int = 20, in_channels: int = 3, width_mult: float = 1.0, *,
@@ -260,7 +262,7 @@ class FastRCNN(nn.Module):
         if proposals is None:
             if targets is None or any("proposals" not in t for t in targets):
                 raise ValueError("Fast R-CNN needs proposals: pass proposals=[...] or targets with 'proposals' "
-                                 "(replicate.proposals attaches selective search boxes to the targets).")
+                                 "(replicate.data.detection.proposals attaches selective search boxes to the targets).")
             proposals = [t["proposals"] for t in targets]
         proposals = [B.plain_tensor(p).to(images[0].device, torch.float32).reshape(-1, 4) for p in proposals]
         features, sizes = self.features(images)

@@ -26,7 +26,7 @@ Training (Sec. 3.2) is one of two schemes, chosen by `train_stage`:
 * the 4-step alternating training the paper's experiments use (Sec. 3.2 (i)) is four fits of
   `"rpn"` (the RPN's losses only) and `"detector"` (the Fast R-CNN losses only, on the proposals
   of `use_proposer`'s network, or of the model's own RPN when none is set), driven by
-  `replicate.experiment_detection.fit_alternating`, which also freezes the shared layers in steps
+  `replicate.runs.alternating.fit_alternating`, which also freezes the shared layers in steps
   3 and 4.
 
 The trunk initialisation, `frozen_convs` and `width_mult` are as in `replicate.models.fast_rcnn`;
@@ -49,6 +49,7 @@ from .fast_rcnn import (
     load_vgg16_weights, postprocess, sample_rois, trunk_channels, vgg16_trunk,
 )
 from .layers import scaled
+from .protocols import Detector
 
 
 class RPNHead(nn.Module):
@@ -124,9 +125,12 @@ def select_proposals(anchors: Tensor, logits: Tensor, deltas: Tensor, image_hw: 
 TRAIN_STAGES = ("joint", "rpn", "detector")
 
 
-class FasterRCNN(nn.Module):
+class FasterRCNN(Detector, nn.Module):
     """VGG-16 trunk shared by an RPN and a Fast R-CNN head; `model(images, targets)` returns
     the four losses in training, `model(images)` the detections in evaluation."""
+
+    pretrained_part = "trunk"
+    training_stages = True
 
     def __init__(self, num_classes: int = 20, in_channels: int = 3, width_mult: float = 1.0, *,
                  anchor_scales: Sequence[float] = A.PAPER_SCALES, anchor_ratios: Sequence[float] = A.PAPER_RATIOS,

@@ -1,6 +1,6 @@
 """R-CNN (Girshick, Donahue, Darrell & Malik, CVPR 2014, arXiv 1311.2524): regions with CNN features.
 
-Per image (Sec. 2): about 2000 selective search proposals ("fast" mode, `replicate.proposals`);
+Per image (Sec. 2): about 2000 selective search proposals ("fast" mode, `replicate.data.detection.proposals`);
 each is dilated so that the warped window has p = 16 pixels of context around the box, warped
 anisotropically to the CNN's input (227 x 227 for AlexNet, Appendix A) and passed through the
 CNN; class-specific linear SVMs score its fc7 features (Sec. 2.3), class-specific ridge
@@ -18,7 +18,7 @@ Training is the paper's three stages:
    ground-truth boxes of the class, negatives the proposals with IoU < 0.3 with every instance of
    it; hard negative mining (a first fit on a random subset of negatives, then refits with the
    negatives that violate the margin). `fit_post_hoc(loader)` (called by
-   `replicate.experiment_detection` after fine-tuning).
+   `replicate.runs.detection` after fine-tuning).
 3. box regression (Appendix C): per class, ridge regression (lambda = 1000) from pool5 features
    of proposals with IoU > 0.6 with a ground-truth box to the targets of Eq. 6-9.
 
@@ -45,6 +45,7 @@ from ..ops import boxes as B
 from ._registry import register
 from .fast_rcnn import vgg16_trunk
 from .layers import scaled
+from .protocols import Detector
 
 CONTEXT = 16          # Sec. 2.1 / Appendix A: pixels of context around the box, at the warped size
 FG_IOU = 0.5          # Sec. 2.3: fine-tuning positives
@@ -85,10 +86,13 @@ def dilate(boxes: Tensor, warp_size: int, context: int = CONTEXT) -> Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
 
 
-class RCNN(nn.Module):
+class RCNN(Detector, nn.Module):
     """R-CNN: warped regions through a CNN; (N + 1)-way fine-tuning; SVMs and box regressors."""
 
+    pretrained_part = "features"
     needs_proposals = True
+    optional_box_regression = True
+    post_hoc_fit = True
 
     def __init__(self, features: nn.Sequential, feature_channels: int, num_classes: int, *, warp_size: int,
                  hidden: int = 4096, dropout: float = 0.5, context: int = CONTEXT, windows_per_batch: int = 128,

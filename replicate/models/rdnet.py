@@ -25,7 +25,7 @@ torch's FLOP counter they give the paper's table (Table 8a) to its printed digit
 23.9/50.4/87.5/186 M parameters and 5.0/8.7/15.4/34.7 G multiply-adds at 224 px, RDNet-L 101.9 G at
 384 px. The one exception is RDNet-B's 86.2 M, which is our count without the channel re-scaling
 modules (86.18 M); with them, as released, it has 87.45 M (the authors' README and model card say
-87 M). See tests/test_rdnet.py.
+87 M). See tests/models/test_rdnet.py.
 
 `mix="add"` builds the additive counterpart of the pilot study (Sec. 3.1: concatenation vs
 additive shortcuts, X_{l+1} = [X_l, f(X_l W)] vs X_l + f(X_l W)): the same stem, stages,

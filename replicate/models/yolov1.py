@@ -64,9 +64,9 @@ from torch import Tensor, nn
 from ..ops.yolo import (cxcywh_to_xyxy, one_per_key, paired_iou, per_class_detections, to_network_input,
                         to_network_targets)
 from ._registry import register
-from .layers import scaled
+from .layers import LEAKY_SLOPE, scaled
+from .protocols import Detector
 
-LEAKY_SLOPE = 0.1  # Sec. 2.2: phi(x) = x if x > 0, else 0.1 x
 
 # Fig. 3, (kernel, filters, stride) or "M" (2x2 max-pool, stride 2). The first 20 convolutions
 # are the ImageNet pre-training network's (Sec. 2.2) ...
@@ -244,9 +244,12 @@ def yolov1_loss(raw: Tensor, targets: Sequence[Mapping], *, boxes_per_cell: int 
     }
 
 
-class YOLOv1(nn.Module):
+class YOLOv1(Detector, nn.Module):
     """The detector: the network, Eq. 3 in training, class-specific confidences and NMS in
     evaluation (the contract of `replicate.tasks.detection`)."""
+
+    pretrained_part = "network.backbone"
+    resizable_input = True
 
     def __init__(self, *, features: Sequence = FEATURES, extra: Sequence = DETECTION, num_classes: int = 20,
                  in_channels: int = 3, grid_size: int = 7, boxes_per_cell: int = 2, input_size: int = 448,
@@ -268,7 +271,7 @@ class YOLOv1(nn.Module):
 
     def forward(self, images, targets: Sequence[Mapping] | None = None):
         if isinstance(images, Tensor) and images.dim() == 4 and images.is_meta:
-            return self.network(images)  # counting (replicate.complexity): the raw S x S x (5B + C)
+            return self.network(images)  # counting (replicate.measure.complexity): the raw S x S x (5B + C)
         batch, scales = to_network_input(list(images), self.input_size)
         raw = self.network(batch)
         if self.training:

@@ -85,10 +85,11 @@ from ..ops.yolo import (cxcywh_to_xyxy, one_per_key, paired_iou, per_class_detec
                         to_network_targets)
 from ..ops.kmeans_anchors import hand_picked_anchors, wh_iou
 from ._registry import register
+from .layers import LEAKY_SLOPE, scaled
+from .protocols import Detector
 from .yolov1 import DETECTION as YOLOV1_DETECTION
 from .yolov1 import FEATURES as YOLOV1_FEATURES
-from .layers import scaled
-from .yolov1 import LEAKY_SLOPE, conv_block, make_layers
+from .yolov1 import conv_block, make_layers
 
 STRIDE = 32  # five 2x2 max-pools
 PAPER_MIN_SIZE = 600  # Faster R-CNN's anchors are pixels of an image scaled to a 600-pixel shorter side
@@ -335,9 +336,12 @@ def yolov2_loss(raw: Tensor, targets: Sequence[Mapping], anchors: Tensor, *, inp
             "loss_cls": loss_cls, "loss_prior": loss_prior}
 
 
-class YOLOv2(nn.Module):
+class YOLOv2(Detector, nn.Module):
     """The detector: the network, the region loss in training (multi-scale), decoding and NMS in
     evaluation (the contract of `replicate.tasks.detection`)."""
+
+    pretrained_part = "network.backbone"
+    resizable_input = True
 
     def __init__(self, *, num_classes: int = 20, in_channels: int = 3, input_size: int = 416,
                  anchors: Sequence[Sequence[float]] = VOC_ANCHORS, width_mult: float = 1.0,
@@ -389,7 +393,7 @@ class YOLOv2(nn.Module):
 
     def forward(self, images, targets: Sequence[Mapping] | None = None):
         if isinstance(images, Tensor) and images.dim() == 4 and images.is_meta:
-            return self.network(images)  # counting (replicate.complexity): the raw head outputs
+            return self.network(images)  # counting (replicate.measure.complexity): the raw head outputs
         images = list(images)
         if self.training:
             if targets is None:

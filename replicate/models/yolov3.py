@@ -51,12 +51,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou, complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
-from ..ops.yolo import select_detections, to_image_boxes, to_network_input, to_network_targets
 from ..ops.kmeans_anchors import wh_iou
+from ..ops.mix import cutmix, mosaic
+from ..ops.yolo import select_detections, to_image_boxes, to_network_input, to_network_targets
 from ._registry import register
-from .layers import scaled
+from .layers import ConvBN, FiveStageBackbone, scaled
+from .protocols import Detector
 
-LEAKY_SLOPE = 0.1
 STRIDES = (8, 16, 32)
 # Sec. 2.3: "On the COCO dataset the 9 clusters were" (pixels of a 416 x 416 input).
 COCO_ANCHORS = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326))
@@ -66,32 +67,6 @@ BOX_LOSSES = ("mse", "giou", "diou", "ciou")
 _IOU_LOSSES = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
 # exp(t_w) is capped so that an untrained network's boxes stay finite in the IoU losses and decoding.
 _MAX_LOG_SIZE = math.log(1000.0)
-
-
-# Darknet's activation names: leaky ReLU (slope 0.1), Mish, Swish (x sigmoid(x); YOLOv4 Table 2)
-# and "linear" (none).
-ACTIVATIONS = ("leaky", "mish", "swish", "linear")
-
-
-def make_activation(name: str) -> nn.Module:
-    if name == "leaky":
-        return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
-    if name == "mish":
-        return nn.Mish(inplace=True)
-    if name == "swish":
-        return nn.SiLU(inplace=True)
-    if name == "linear":
-        return nn.Identity()
-    raise ValueError(f"activation={name!r}: allowed {', '.join(repr(a) for a in ACTIVATIONS)}")
-
-
-class ConvBN(nn.Sequential):
-    """Darknet's `[convolutional] batch_normalize=1`: convolution without bias, batch norm, activation."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, activation: str = "leaky",
-                 groups: int = 1):
-        super().__init__(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(out_ch), make_activation(activation))
 
 
 class Residual(nn.Module):
@@ -104,27 +79,6 @@ class Residual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv(self.reduce(x))
-
-
-class FiveStageBackbone(nn.Module):
-    """What Darknet-53 and CSPDarknet53 share: a stem, five downsampling stages, the maps of the
-    last three (strides 8, 16, 32) for the detector, and an optional classifier `fc`."""
-
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.stages[1](self.stages[0](self.stem(x)))
-        c3 = self.stages[2](x)
-        c4 = self.stages[3](c3)
-        return [c3, c4, self.stages[4](c4)]
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        """The logits; without a classifier (`num_classes=None`: a detector's backbone, e.g. under
-        the reduced profile's pre-training) the three feature maps."""
-        if self.fc is None:
-            return self.forward_features(x)
-        return self.classify(self.forward_features(x)[-1])
-
-    def classify(self, features: Tensor) -> Tensor:
-        return self.fc(features.mean(dim=(2, 3)))
 
 
 class Darknet53(FiveStageBackbone):
@@ -213,7 +167,7 @@ def _plain(boxes) -> Tensor:
     return torch.as_tensor(boxes).as_subclass(Tensor).float().reshape(-1, 4)
 
 
-class YOLODetector(nn.Module):
+class YOLODetector(Detector, nn.Module):
     """What YOLOv3 and YOLOv4 share around their networks: the anchor assignment, the loss, the
     decoding and the final NMS. `network` maps [B, 3, S, S] to one raw map per stride in `strides`.
 
@@ -222,6 +176,9 @@ class YOLODetector(nn.Module):
     {"boxes", "scores", "labels"} per image, scores = objectness x class probability, boxes in the
     input image's pixels. A 4-D tensor on the meta device returns the raw maps (for counting).
     """
+
+    pretrained_part = "network.backbone"
+    resizable_input = True
 
     def __init__(self, network: nn.Module, *, num_classes: int, input_size: int, anchors: Sequence[Sequence[float]],
                  anchor_scale: float = 1.0, strides: Sequence[int] = STRIDES, box_loss: str = "mse",
@@ -430,8 +387,6 @@ class YOLODetector(nn.Module):
         """YOLOv4's Mosaic (Sec. 3.3) and CutMix, when switched on."""
         if not (self.mosaic or self.cutmix):
             return images, targets
-        from replicate.data.detection_mix import cutmix, mosaic
-
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
         if self.mosaic:
             images, targets = mosaic(images, targets, self._train_size, generator)

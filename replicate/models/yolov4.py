@@ -42,7 +42,7 @@ model behind Tables 8-10, see below):
 * `nms` "greedy" | "diou" (DIoU-NMS, Sec. 2.3/3.4; `diou_beta` 0.6, the cfg's beta_nms).
   yolov4.cfg uses greedy NMS.
 * `mosaic`, `cutmix` (Sec. 3.3): applied to the training batch before resizing, by
-  `replicate.data.detection_mix`; Mosaic is in the detector's bag of freebies, CutMix only in the
+  `replicate.ops.mix`; Mosaic is in the detector's bag of freebies, CutMix only in the
   backbone's (classifier) one.
 * `activation` "mish" | "leaky" | "swish" for the backbone (Tables 2-3, Table 6 "BoF-backbone + Mish").
 * `backbone` "cspdarknet53" | "cspresnext50" (`replicate.models.cspresnext`): the ablations of
@@ -69,17 +69,8 @@ from torchvision.ops import drop_block2d
 
 from ._registry import register
 from .cspresnext import CSPResNeXt50
-from .yolov3 import (
-    STRIDES,
-    ConvBN,
-    FiveStageBackbone,
-    PredictionHead,
-    Residual,
-    YOLODetector,
-    five_convs,
-    make_activation,
-    scaled,
-)
+from .layers import ConvBN, FiveStageBackbone, make_activation, scaled
+from .yolov3 import STRIDES, PredictionHead, Residual, YOLODetector, five_convs
 
 # Released yolov4.cfg's anchors ("optimized anchors" for 512 x 512, Table 4 "OA").
 YOLOV4_ANCHORS = ((12, 16), (19, 36), (40, 28), (36, 75), (76, 55), (72, 146), (142, 110), (192, 243), (459, 401))

@@ -1,15 +1,15 @@
 """Train (with or without Quant-Noise), compress, evaluate: the rows of the paper's Table 1.
 
 A row of the table is a training experiment of `paper.experiments` (run and cached by
-`replicate.experiment.run`, the Quant-Noise settings `cfg.quant` being part of its hash) and a
+`replicate.runs.run`, the Quant-Noise settings `cfg.quant` being part of its hash) and a
 compression applied after training (`paper.compression.rows`):
 
     rows:
       int4:    {train: fp32,    method: int4}   # trained without noise, quantized after training
       int4_qn: {train: qn_int4, method: int4}   # trained with int4 Quant-Noise, then quantized
 
-`compress_all` returns, per row, a result dict like `experiment.run`'s (`test_top1_err`, ...)
-plus `size_mb` and `compression_ratio`, so that `replicate.tables.Report` builds the measured
+`compress_all` returns, per row, a result dict like `runs.run`'s (`test_top1_err`, ...)
+plus `size_mb` and `compression_ratio`, so that `replicate.report.Report` builds the measured
 tables and claims from it. A compressed result is cached beside its training run
 (`<run_dir>/compressed/<method>-<hash>.json`), keyed by the training run's hash, the compression
 settings and the source of this package: re-executing the notebook recomputes nothing.
@@ -31,8 +31,11 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from .. import experiment
+from ..runs import run
+from ..runs.classification import build_model
+from ..runs.trainer import quiet_lightning
 from ..config import compose, config_hash
+from ..config.hashing import code_fingerprint
 from ..data import build_datamodule
 from ..errors import ConfigError, DatasetMissingError
 from ..tasks import ClassificationTask
@@ -40,16 +43,7 @@ from . import ipq as ipq_lib
 from .noise import METHODS, PQ_METHODS, SCALAR_METHODS, strip_quant_noise
 from .size import model_size
 
-PACKAGE = Path(__file__).resolve().parent
 FINAL_WEIGHTS = "final_model.pt"
-
-
-def code_fingerprint() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(PACKAGE.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 class SaveFinalWeights(Callback):
@@ -83,7 +77,7 @@ def _settings(cfg: DictConfig, method: str) -> dict:
 
 
 def _key(cfg: DictConfig, settings: Mapping) -> str:
-    blob = json.dumps({"run": config_hash(cfg), "settings": settings, "code": code_fingerprint()}, sort_keys=True)
+    blob = json.dumps({"run": config_hash(cfg), "settings": settings, "code": code_fingerprint(("quant",))}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -92,7 +86,7 @@ def _key(cfg: DictConfig, settings: Mapping) -> str:
 def trained_model(cfg: DictConfig, result: Mapping) -> nn.Module:
     """The network of a finished training run, with its Quant-Noise removed (plain fp32 weights)."""
     directory = Path(result["run_dir"])
-    model = experiment.build_model(cfg)
+    model = build_model(cfg)
     path = directory / FINAL_WEIGHTS
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=False)
@@ -171,7 +165,7 @@ def finetune(cfg: DictConfig, model: nn.Module, datamodule, steps: int, lr: floa
 def _compress(cfg: DictConfig, result: Mapping, methods: Sequence[str]) -> dict[str, dict]:
     """Compress the trained network of `result` with each of `methods`; iPQ and iPQ & int8 share
     one iPQ pass (the int8 codebooks are taken from the finished iPQ)."""
-    experiment.quiet_lightning()
+    quiet_lightning()
     datamodule = _datamodule(cfg)
     datamodule.setup("test")
     n_test = _test_images(datamodule)
@@ -242,7 +236,7 @@ def compress(cfg: DictConfig, result: Mapping, methods: Sequence[str]) -> dict[s
 
 
 def _save_weights_run(cfg: DictConfig) -> dict:
-    return experiment.run(cfg, callbacks=[SaveFinalWeights()])
+    return run(cfg, callbacks=[SaveFinalWeights()])
 
 
 def compress_all(paper: str, profile: str, overrides: Sequence[str] = (), rows: Sequence[str] | None = None,
@@ -402,7 +396,7 @@ def size_rows(report, table_id: str) -> pd.DataFrame:
 
 
 def report_tolerance(spec: Mapping, cell: Mapping) -> float:
-    from ..tables import cell_tolerance
+    from ..report.cells import cell_tolerance
 
     return cell_tolerance(spec, cell)
 
