@@ -112,14 +112,14 @@ def source_closure(roots: Iterable[Path], package: Path = PACKAGE_DIR) -> list[P
 
 
 def _builders(package: Path) -> dict[str, Path]:
+    """Registered model names and the family file defining each (`@register` on a function of
+    models/*.py), read from the sources without importing them, once per state of those files."""
     state = tuple((p.name, p.stat().st_mtime_ns) for p in sorted((package / "models").glob("*.py")))
     return _read_builders(package, state)
 
 
 @functools.lru_cache(maxsize=16)
 def _read_builders(package: Path, state: tuple) -> dict[str, Path]:
-    """Registered model names and the family file defining each (`@register` on a function of
-    models/*.py), read from the sources without importing them."""
     builders: dict[str, Path] = {}
     for path in sorted((package / "models").glob("*.py")):
         for node in ast.parse(path.read_text(), str(path)).body:

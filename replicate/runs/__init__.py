@@ -10,8 +10,8 @@ from .chain import run_all, with_backbone_from
 from .classification import build_model
 from .detection import build_detector, load_trained, test_dataset, test_input_sizes, train_dataset
 from .launch import evaluate, run
-from .store import load_curves, load_detections, load_result, run_dir, save_weights
+from .store import load_curves, load_detections, run_dir, save_weights
 
 __all__ = ["run", "run_all", "evaluate", "with_backbone_from", "build_model", "build_detector", "load_trained",
-           "test_dataset", "train_dataset", "test_input_sizes", "load_curves", "load_detections", "load_result",
+           "test_dataset", "train_dataset", "test_input_sizes", "load_curves", "load_detections",
            "run_dir", "save_weights"]

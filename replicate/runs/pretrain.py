@@ -73,7 +73,7 @@ def _pretrain(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int, subtra
     size, batch, steps = int(spec.get("image_size", 64)), int(spec.get("batch_size", 64)), int(spec["steps"])
     was_training = trunk.training
     with torch.no_grad():  # the width of the trunk's (last) feature map
-        channels = deepest(trunk.eval()(torch.zeros(1, 3, size, size))).shape[1]
+        channels = _deepest(trunk.eval()(torch.zeros(1, 3, size, size))).shape[1]
     classifier = torch.nn.Linear(channels, int(labels.max()) + 1)
     params = [p for p in trunk.parameters() if p.requires_grad] + list(classifier.parameters())
     # Adam, not the papers' SGD: this stage only stands in for pre-trained weights, and SGD does
@@ -90,7 +90,7 @@ def _pretrain(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int, subtra
         background = torch.rand(batch, 3, 1, 1, generator=generator)
         x = F.interpolate(ink * colour + (1 - ink) * background, size=(size, size), mode="bilinear",
                           align_corners=False) - mean
-        logits = classifier(deepest(trunk(x)).mean((2, 3)))
+        logits = classifier(_deepest(trunk(x)).mean((2, 3)))
         loss = F.cross_entropy(logits, labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,7 +109,7 @@ def _pretrain(trunk: torch.nn.Module, spec: Mapping, data_dir, seed: int, subtra
         convs = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)]
         with torch.no_grad():
             trunk.eval()
-            feature_scale = float(deepest(trunk(x)).pow(2).mean().sqrt())
+            feature_scale = float(_deepest(trunk(x)).pow(2).mean().sqrt())
             convs[-1].weight.div_(feature_scale)
             if convs[-1].bias is not None:
                 convs[-1].bias.div_(feature_scale)
@@ -129,7 +129,7 @@ def pretrained_part(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_submodule(name)
 
 
-def deepest(features):
+def _deepest(features):
     return features[-1] if isinstance(features, (list, tuple)) else features
 
 

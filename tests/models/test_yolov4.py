@@ -1,6 +1,5 @@
 """CSPDarknet53 and YOLOv4 (Bochkovskiy, Wang & Liao 2020, arXiv 2004.10934) against the paper."""
 
-import importlib.util
 import json
 import math
 
@@ -12,9 +11,6 @@ from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, genera
 from replicate import models
 from replicate.measure.complexity import count
 from replicate.models.yolov4 import SAM, SPP, YOLOV4_ANCHORS
-
-HAS_MIX = importlib.util.find_spec("replicate.ops.mix") is not None
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -348,7 +344,6 @@ def test_eval_returns_detections_in_image_pixels(nms):
         assert det["boxes"][:, 2].max() <= w + 1e-3 and det["boxes"][:, 3].max() <= h + 1e-3
 
 
-@pytest.mark.skipif(not HAS_MIX, reason="replicate.ops.mix is not there yet")
 def test_training_step_with_mosaic_and_cutmix():
     model = tiny(anchor_scale=0.25, mosaic=True, cutmix=True).train()
     images, targets = fixed_batch()
