@@ -116,7 +116,7 @@ def test_compositions_are_kept_on_disk_keyed_by_the_conf_files(tmp_path, monkeyp
     monkeypatch.setenv("REPLICATE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(config, "_COMPOSED", {})
     fresh = config.compose("resnet", "reduced", ["experiment=resnet20_cifar10", "recipe.max_steps=7"])
-    stored = sorted((tmp_path / "cache" / "compose").glob("*.yaml"))
+    stored = sorted((tmp_path / "cache" / "compose").glob("*.pkl"))
     assert len(stored) == 2  # the paper alone, then with the experiment
 
     monkeypatch.setattr(config, "_COMPOSED", {})  # a new process
@@ -129,7 +129,7 @@ def test_compositions_are_kept_on_disk_keyed_by_the_conf_files(tmp_path, monkeyp
     composed = []
     monkeypatch.setattr(config, "_compose_now", lambda overrides: composed.append(overrides) or fresh)
     for path in stored:
-        path.write_text("{not yaml: [")  # damaged entries
+        path.write_bytes(b"\x80\x05not a pickle")  # damaged entries
     monkeypatch.setattr(config, "_COMPOSED", {})
     config._hydra(["paper=resnet", "profile=reduced"])
     assert composed == [["paper=resnet", "profile=reduced"]]

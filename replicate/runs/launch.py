@@ -41,12 +41,12 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
     directory = run_dir(cfg)
     if (directory / "result.json").exists() and not force:
         return _cached(cfg, directory, log_cached)
+    require_data(cfg)  # before the lock: a run without its data leaves nothing behind
     with hold(directory, force=force):
         if (directory / "result.json").exists() and not force:  # finished while we waited
             return _cached(cfg, directory, log_cached)
         if force:  # start clean: no stale checkpoint to resume from, no old curves to merge
             shutil.rmtree(directory, ignore_errors=True)
-        require_data(cfg)
         train = train_detector if is_detection_data(cfg.data.get("name")) else train_classifier
         try:
             return train(cfg, directory, callbacks)
@@ -55,14 +55,18 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
 
 
 def require_data(cfg: DictConfig) -> None:
-    """Raise `DatasetMissingError` (with where to get it) before a network, a trainer or a run
-    folder is made, when the run's data set is absent and will not be downloaded (ImageNet and
-    COCO never are). Where it may be, the data module downloads it in its own `prepare_data`."""
+    """Make sure the run's data set is on disk before a network, a trainer or a run folder is
+    made: a set that may be downloaded (`data.download`, `DOWNLOADABLE`) is downloaded now, by
+    the launching process only (the ranks a multi-GPU run starts later find it there). Raises
+    `DatasetMissingError` (with where to get it) when it is absent and cannot be fetched:
+    ImageNet and COCO never are, and a machine without a network cannot fetch any."""
     try:
         prepare(cfg.data.name, cfg.paths.data_dir, download=False)
     except DatasetMissingError:
         if not (cfg.data.get("download") and cfg.data.name in DOWNLOADABLE):
             raise
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            prepare(cfg.data.name, cfg.paths.data_dir, download=True)
 
 
 def _cached(cfg: DictConfig, directory: Path, log_cached: bool) -> dict:
