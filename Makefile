@@ -30,14 +30,14 @@ fashion-mnist: $(VENV)/.installed
 	    $(BIN)/python -m replicate data fashion_mnist --download; \
 	fi
 
-## replicate: the reduced replication of every paper (DVC pipeline pipelines/reduced/dvc.yaml)
+## replicate: the reduced replication of every paper (dvc.yaml's `reduced` stages)
 replicate: setup
-	$(BIN)/dvc repro pipelines/reduced/dvc.yaml
+	$(BIN)/dvc repro reduced
 	@cat reports/scoreboard.md
 
-## replicate-full: the full replication (GPUs, real datasets): the same as `dvc repro`
+## replicate-full: the full replication (GPUs, real datasets): dvc.yaml's `full` stages
 replicate-full: setup
-	$(BIN)/dvc repro
+	$(BIN)/dvc repro full
 
 ## test: everything CI runs: the unit tier (two processes), then the slow tier: the reduced
 ## replication as `make replicate` runs it (dvc repro: each notebook once, nothing again when it is

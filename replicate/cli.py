@@ -118,7 +118,7 @@ def execute_notebook(paper: str, profile: str, overrides: list[str], report_root
     """
     import papermill
 
-    from .report.files import replace_dir, write_scoreboard
+    from .report.files import publish, write_scoreboard
 
     notebook = PROJECT_ROOT / "notebooks" / f"{paper}.ipynb"
     compose(paper, profile, overrides)  # fail fast, before a kernel starts, on a bad name or override
@@ -139,17 +139,17 @@ def execute_notebook(paper: str, profile: str, overrides: list[str], report_root
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(failed)
         raise
-    replace_dir(staging, final)
+    publish(staging, final)
     write_scoreboard(report_root)
     return final
 
 
 def params_overrides(params_file: Path, paper: str, profile: str) -> list[str]:
-    """The overrides params.yaml holds for `<paper>.<profile>` (what DVC tracks for the stage)."""
+    """The overrides params.yaml holds for `papers.<paper>.<profile>` (what DVC tracks for the stage)."""
     from omegaconf import OmegaConf
 
     params = OmegaConf.load(params_file)
-    return list(OmegaConf.select(params, f"{paper}.{profile}.overrides", default=[]) or [])
+    return list(OmegaConf.select(params, f"papers.{paper}.{profile}.overrides", default=[]) or [])
 
 
 def forget_runs(paper: str, profile: str, overrides: list[str], experiments: list[str] | None = None) -> list[Path]:
@@ -192,6 +192,24 @@ def _data(args: argparse.Namespace) -> None:
     if args.index:
         write_index(folder, Path(args.index))
     print(folder)
+
+
+def _datasets(args: argparse.Namespace) -> None:
+    from .runs.datasets import paper_datasets, write_fingerprints
+
+    overrides = params_overrides(Path(args.params), args.paper, args.profile) if args.params else []
+    if args.write is None:
+        print("\n".join(paper_datasets(args.paper, args.profile, overrides)))
+        return
+    data_dir = Path(args.data_dir) if args.data_dir else Path(compose_defaults(args.profile).paths.data_dir)
+    stamps = write_fingerprints(args.paper, args.profile, Path(args.write), data_dir, overrides)
+    print(f"{args.paper} ({args.profile}): {', '.join(stamps)} ready; fingerprints in {args.write}")
+
+
+def _schema(args: argparse.Namespace) -> None:
+    from .config.schema import write_reference
+
+    print(write_reference())
 
 
 def write_index(folder: Path, index: Path) -> None:
@@ -270,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paper")
     p.add_argument("--profile", default="reduced")
     p.add_argument("--report-root", default=None)
-    p.add_argument("--params", default=None, help="params.yaml whose <paper>.<profile>.overrides are applied first")
+    p.add_argument("--params", default=None, help="params.yaml whose papers.<paper>.<profile>.overrides are applied first")
     p.add_argument("--force", nargs="*", metavar="EXPERIMENT", default=None,
                    help="train again: the named experiments, or every run the paper plans when none is named")
     p.add_argument("overrides", nargs="*")
@@ -282,6 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--index", default=None, help="also write a JSON index of the folder here (ImageNet)")
     p.set_defaults(func=_data)
+
+    p = sub.add_parser("datasets", help="the data sets a paper's plan reads at a profile; with --write, make them "
+                                        "ready (downloading where allowed) and write their fingerprints (DVC)")
+    p.add_argument("paper")
+    p.add_argument("--profile", default="reduced")
+    p.add_argument("--params", default=None, help="params.yaml whose papers.<paper>.<profile>.overrides are applied first")
+    p.add_argument("--write", default=None, metavar="FILE", help="prepare each data set and write the fingerprints here")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=_datasets)
+
+    p = sub.add_parser("schema", help="write conf/README.md, the reference of conf/paper/<id>.yaml's keys")
+    p.set_defaults(func=_schema)
 
     p = sub.add_parser("scoreboard", help="write reports/scoreboard.md from every report present")
     p.add_argument("--report-root", default=None)

@@ -18,7 +18,8 @@ from replicate.config import PROJECT_ROOT, compose
 # The first test to ask for the replication runs it inside its setup: the whole `dvc repro`
 # (about half an hour on two cores) counts against that test's timeout.
 pytestmark = pytest.mark.timeout(5400)
-PIPELINE = Path("pipelines") / "reduced" / "dvc.yaml"
+# dvc.yaml's stages of the reduced profile, one per paper (`make replicate`: dvc repro reduced).
+REDUCED = "reduced"
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 # The resnet notebook has its own, more detailed checks below.
 OTHER_PAPERS = [p.stem for p in NOTEBOOKS if p.stem != "resnet"]
@@ -58,8 +59,8 @@ class Replication:
 
 @pytest.fixture(scope="session")
 def replication() -> Replication:
-    """The reduced replication exactly as `make replicate` runs it: `dvc repro` of
-    pipelines/reduced/dvc.yaml into the project's runs/ and reports/. Each notebook is executed
+    """The reduced replication exactly as `make replicate` runs it: `dvc repro reduced` (dvc.yaml's
+    reduced stages) into the project's runs/ and reports/. Each notebook is executed
     once, and not at all when `make replicate` already brought its stage up to date."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATE_")}
     bin_dir = Path(sys.executable).parent
@@ -69,7 +70,7 @@ def replication() -> Replication:
     reports.mkdir(exist_ok=True)
     start = time.perf_counter()
     with log.open("w") as out:
-        done = subprocess.run([str(bin_dir / "dvc"), "repro", "--keep-going", str(PIPELINE)], cwd=PROJECT_ROOT,
+        done = subprocess.run([str(bin_dir / "dvc"), "repro", "--keep-going", REDUCED], cwd=PROJECT_ROOT,
                               env=env, stdout=out, stderr=subprocess.STDOUT)
     print(f"\nreduced replication (dvc repro): {time.perf_counter() - start:.0f} s, exit {done.returncode}, log {log}")
     return Replication(done.returncode, log, reports)
@@ -84,7 +85,7 @@ def notebook_seconds(out: Path, paper: str) -> float:
 def test_a_second_reduced_replication_recomputes_nothing(replication):
     """`make replicate` twice, or `make replicate` then `make test`: nothing is trained again."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", str(PIPELINE)], cwd=PROJECT_ROOT,
+    status = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", REDUCED], cwd=PROJECT_ROOT,
                             env=env, capture_output=True, text=True)
     assert replication.returncode == 0, replication.log.read_text()[-4000:]
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
@@ -101,7 +102,7 @@ def test_resnet_notebook_regenerates_its_tables(executed):
     root, out = executed
     print(f"\nresnet notebook, reduced profile: {notebook_seconds(out, 'resnet'):.0f} s")
     log = (root / "reduced-replication.log").read_text()
-    if "dvc.yaml:resnet'" in log:  # executed by this replication: the kernel's progress came through
+    if "stage 'reduced@resnet'" in log:  # executed by this replication: the kernel's progress came through
         assert "resnet/resnet20_cifar10  step 1/" in log and "img/s" in log
     names = {p.name for p in out.iterdir()}
     assert {"table1.csv", "table6_params.csv", "table6_error.csv", "table2.csv", "table3.csv", "fig6.csv",

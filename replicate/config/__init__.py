@@ -27,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..errors import ConfigError, choices
 from ..validate import check_values
 from .hashing import config_hash, run_spec  # noqa: F401  (the runs' hash: replicate.config.config_hash)
+from .schema import check_paper
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -82,6 +83,7 @@ def _conf_state() -> tuple:
 
 _COMPOSED: dict[tuple, bytes] = {}
 _DIGESTS: dict[tuple, str] = {}
+_CHECKED: set[tuple] = set()
 
 
 def compose_cache_dir() -> Path:
@@ -180,12 +182,14 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
     base = [f"paper={paper}", f"profile={profile}"]
     if experiment is None:
         cfg = _anchor_paths(_hydra(base + user))
+        check_paper_file(cfg)
         check_floors(cfg)
         return _record_overrides(cfg, user)
     # First the paper and profile alone, with the user's overrides of the profile (e.g. its
     # substitutions; the others may name keys that only the experiment's groups have), then
     # everything in order: experiment, then the user's.
     cfg = _hydra(base + [o for o in user if o.lstrip("+~").startswith("profile.")])
+    check_paper_file(cfg)
     check_floors(cfg)
 
     known = cfg.paper.get("experiments") or {}
@@ -235,6 +239,14 @@ def _record_overrides(cfg: DictConfig, user: Sequence[str]) -> DictConfig:
     with _writable(cfg):
         cfg.overrides = list(user)
     return cfg
+
+
+def check_paper_file(cfg: DictConfig) -> None:
+    """conf/paper/<id>.yaml against its schema (`schema.check_paper`), once per state of conf/."""
+    key = (cfg.paper.id, _conf_state())
+    if key not in _CHECKED:
+        check_paper(OmegaConf.to_container(cfg.paper, resolve=False), str(cfg.paper.id))
+        _CHECKED.add(key)
 
 
 def check_floors(cfg: DictConfig) -> None:

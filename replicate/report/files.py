@@ -14,6 +14,9 @@ import pandas as pd
 from ..errors import CorruptFileError
 from .cells import STATUSES
 
+# A learning curve's data (plots.training_curves): one row per experiment, curve and step.
+CURVE_COLUMNS = {"step", "experiment", "curve", "error"}
+
 
 def write_report(report, report_dir: str | Path | None = None) -> Path:
     """Write the CSVs, tables.md, metrics.json, summary.json (DVC's metrics) and plots.
@@ -31,18 +34,13 @@ def write_report(report, report_dir: str | Path | None = None) -> Path:
         figure.savefig(target / f"{name}.png", dpi=120, bbox_inches="tight")
         if data is not None:
             data.to_csv(target / f"{name}.csv", index=False)
-            if {"step", "experiment", "curve", "error"} <= set(data.columns):
-                # One column per series (DVC plots draws each y column as its own line).
-                wide = data.pivot_table(index="step", columns=["experiment", "curve"], values="error")
-                wide.columns = [f"{experiment} {curve}" for experiment, curve in wide.columns]
-                wide.reset_index().to_csv(target / f"{name}_wide.csv", index=False)
     if report.floor_frame is not None:
         report.floor_frame.to_csv(target / "floors.csv", index=False)
     (target / "tables.md").write_text(report.markdown())
     (target / "metrics.json").write_text(json.dumps(report.metrics(), indent=2))
     (target / "summary.json").write_text(json.dumps(report.summary(), indent=2))
     if report_dir is None:
-        replace_dir(target, final)
+        publish(target, final)
         write_scoreboard(Path(report.cfg.paths.report_dir))
     return final
 
@@ -61,6 +59,29 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+changes" if dirty else "")
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Put a finished report folder in place (`replace_dir`), then beside it what the paper's DVC
+    stage declares (dvc.yaml), which DVC cannot declare inside the stage's output folder:
+    `<profile>.summary.json`, its metric, and `<profile>.curves/`, its plots: every learning
+    curve of the report (step, series, error), one line per series (template .dvc/plots/curves.json)."""
+    replace_dir(staging, final)
+    beside = final.with_name(f"{final.name}.summary.json")
+    partial = beside.with_name(f".{beside.name}.{os.getpid()}")
+    shutil.copyfile(final / "summary.json", partial)
+    os.replace(partial, beside)
+    curves = final.with_name(f"{final.name}.curves")
+    partial = curves.with_name(f".{curves.name}.{os.getpid()}")
+    partial.mkdir(parents=True)
+    for path in sorted(final.glob("*.csv")):
+        with open(path) as f:
+            header = set(f.readline().strip().split(","))
+        if CURVE_COLUMNS <= header:
+            data = pd.read_csv(path)
+            data["series"] = data["experiment"] + " " + data["curve"]
+            data[["step", "series", "error"]].to_csv(partial / path.name, index=False)
+    replace_dir(partial, curves)
 
 
 def replace_dir(source: Path, destination: Path) -> None:

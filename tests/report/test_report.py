@@ -235,7 +235,9 @@ def test_write_is_complete_and_updates_the_scoreboard(cfg, tmp_path):
     assert "ResNet-152" in md and "params (M)" in md
 
 
-def test_training_curves_are_also_written_one_column_per_series(cfg, tmp_path):
+def test_a_published_report_has_its_dvc_metric_and_curves_beside_it(cfg, tmp_path):
+    """dvc.yaml declares `<profile>.summary.json` (metric) and `<profile>.curves/` (plots, one line
+    per series) beside each report folder: DVC cannot declare them inside the stage's output."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
@@ -243,14 +245,19 @@ def test_training_curves_are_also_written_one_column_per_series(cfg, tmp_path):
     long = pd.DataFrame([{"panel": "p", "experiment": e, "step": s, "curve": c, "error": 10.0 * s + (c == "test")}
                          for e in ("plain20_cifar10", "resnet20_cifar10") for c in ("train", "test") for s in (10, 20)])
     report.add_figure("fig6_curves", plt.figure(), long)
+    report.exact("table1")
     report.runs["resnet20_cifar10"] = fake_result("resnet20_cifar10", 30.0)
     out = report.write()
-    wide = pd.read_csv(out / "fig6_curves_wide.csv")
-    assert list(wide.columns) == ["step", "plain20_cifar10 test", "plain20_cifar10 train", "resnet20_cifar10 test",
-                                  "resnet20_cifar10 train"]
-    assert wide.set_index("step").loc[20, "resnet20_cifar10 test"] == 201.0
+    curves = pd.read_csv(out.with_name("reduced.curves") / "fig6_curves.csv")
+    assert list(curves.columns) == ["step", "series", "error"]
+    assert set(curves["series"]) == {"plain20_cifar10 train", "plain20_cifar10 test", "resnet20_cifar10 train",
+                                     "resnet20_cifar10 test"}
+    assert curves.set_index(["series", "step"]).loc[("resnet20_cifar10 test", 20), "error"] == 201.0
+    assert [p.name for p in out.with_name("reduced.curves").iterdir()] == ["fig6_curves.csv"]  # not table1.csv
     summary = json.loads((out / "summary.json").read_text())
     assert summary["headline"] == {"run": "resnet20_cifar10", "measure": "test accuracy", "score": 0.7}
+    assert json.loads(out.with_name("reduced.summary.json").read_text()) == summary
+    assert not list(out.parent.glob(".*"))  # nothing half-written left
 
 
 def test_scoreboard_with_nothing(tmp_path):
