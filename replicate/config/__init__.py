@@ -200,7 +200,7 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
         )
     substitute = {**(cfg.profile.get("substitute_data") or {}), **(cfg.profile.get("substitute_detection") or {})}
     expanded, data, model = [], None, None
-    for item in known[experiment]:
+    for item in _with_presets(cfg.paper, experiment):
         key, value = item.split("=", 1)
         if key == "data" and value in substitute:
             value = substitute[value]
@@ -231,6 +231,24 @@ def compose(paper: str, profile: str = "reduced", overrides: Sequence[str] = ())
         cfg.experiment = experiment
     check_values(cfg)
     return _record_overrides(_anchor_paths(cfg), user)
+
+
+def _with_presets(paper: DictConfig, experiment: str) -> list[str]:
+    """The experiment's list with each `preset=<name>` replaced, in place, by the paper's
+    `presets.<name>` list (the overrides several experiments share, e.g. YOLOv4's way of reading
+    COCO)."""
+    presets = paper.get("presets") or {}
+    items = []
+    for item in paper.experiments[experiment]:
+        key, _, value = str(item).partition("=")
+        if key != "preset":
+            items.append(str(item))
+        elif value in presets:
+            items.extend(str(i) for i in presets[value])
+        else:
+            raise ConfigError(f"conf/paper/{paper.id}.yaml: experiment {experiment} asks for preset={value}, which "
+                              f"`presets` does not define.{choices(value, presets)}")
+    return items
 
 
 def _record_overrides(cfg: DictConfig, user: Sequence[str]) -> DictConfig:

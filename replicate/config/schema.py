@@ -69,6 +69,8 @@ class PaperSpec:
     claims: list = _doc("the paper's claims checked as comparisons of two cells (`Report.claim_summary`)", None)
     scale: dict = _doc("per profile, overrides applied after each experiment's (one list, or one per kind "
                        "`classification`/`detection` or per model config)", None)
+    presets: dict = _doc("name -> list of overrides several experiments share; an experiment's "
+                         "`preset=<name>` stands for that list, in place", None)
     input_px: dict = _doc("per profile, named input sizes the experiments interpolate", None)
     compression: dict = _doc("Quant-Noise: the compression rows applied after training", None)
 

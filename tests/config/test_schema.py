@@ -58,3 +58,27 @@ def test_the_reference_in_conf_readme_is_current():
     assert README.read_text() == reference(), "run `python -m replicate schema` and commit conf/README.md"
     for key in ("experiments", "runs", "floors", "tables", "tolerance", "not_run_because"):
         assert f"`{key}`" in README.read_text()
+
+
+def test_a_preset_stands_for_its_list_in_place(tmp_path, monkeypatch):
+    """YOLOv4's experiments share `preset=yolo_coco` (COCO read as YOLO reads it); an unknown
+    preset is refused with the ones the paper defines."""
+    import shutil
+
+    from replicate import config
+
+    cfg = compose("yolov4", "full", ["experiment=csprx50_coco"])
+    assert (cfg.data.name, cfg.data.normalize, cfg.data.min_size, cfg.data.max_size) == ("coco", "none", None, None)
+    assert cfg.model.backbone == "cspresnext50"
+    reduced = compose("yolov4", "reduced", ["experiment=csprx50_coco"])
+    assert reduced.data.name == "synth_detection" and reduced.data.normalize == "none"  # substituted, then set
+
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf", conf)
+    spec = paper("yolov4")
+    spec["experiments"]["csprx50_coco"][0] = "preset=yolo_cocoa"
+    (conf / "paper" / "yolov4.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(config, "CONF_DIR", conf)
+    monkeypatch.setenv("REPLICATE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="preset=yolo_cocoa.*yolo_coco"):
+        compose("yolov4", "full", ["experiment=csprx50_coco"])
