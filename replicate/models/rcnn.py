@@ -252,7 +252,7 @@ class RCNN(Detector, nn.Module):
         w, b = torch.zeros(d, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
         hard = 0
         for _ in range(max(1, self.svm_rounds)):
-            w, b = _fit_svm(positives, cache, self.svm_c, self.svm_positive_weight, w, b)
+            w, b = fit_svm(positives, cache, self.svm_c, self.svm_positive_weight, w, b)
             scores = negatives @ w + b
             violators = negatives[scores > -1.0]
             hard = len(violators)
@@ -287,8 +287,8 @@ class RCNN(Detector, nn.Module):
         return out
 
 
-def _fit_svm(positives: Tensor, negatives: Tensor, c: float, positive_weight: float, w: Tensor, b: Tensor,
-             iterations: int = 200) -> tuple[Tensor, Tensor]:
+def fit_svm(positives: Tensor, negatives: Tensor, c: float, positive_weight: float, w: Tensor, b: Tensor,
+            iterations: int = 200) -> tuple[Tensor, Tensor]:
     """min 1/2 |w|^2 + C sum_i weight_i max(0, 1 - y_i (w.x_i + b))^2 (L2-loss SVM, liblinear's
     default dual solver's objective) by L-BFGS, warm-started from (w, b)."""
     x = torch.cat([positives, negatives])

@@ -167,8 +167,8 @@ def imagenet_resnet(block, depths, *, residual: bool, num_classes: int = 1000, i
     return ResNet(block, depths, (64, 128, 256, 512), stem, 64, num_classes, shortcut, residual, **block_kwargs)
 
 
-def _cifar_net(depth: int, *, residual: bool, num_classes: int = 10, in_channels: int = 3,
-               shortcut: Shortcut = "A") -> ResNet:
+def cifar_net(depth: int, *, residual: bool, num_classes: int = 10, in_channels: int = 3,
+              shortcut: Shortcut = "A") -> ResNet:
     """Sec. 4.2: 6n+2 layers; 3x3 stem with 16 filters, then 2n layers on each of 32/16/8 maps."""
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNets have 6n+2 layers; {depth} is not of that form")
@@ -219,49 +219,49 @@ def plain34(**kw) -> ResNet:
 # CIFAR-10 networks of Table 6 and Fig. 6 (option A shortcuts, Sec. 4.2).
 @register(input_size=(3, 32, 32))
 def resnet20(**kw) -> ResNet:
-    return _cifar_net(20, residual=True, **kw)
+    return cifar_net(20, residual=True, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def resnet32(**kw) -> ResNet:
-    return _cifar_net(32, residual=True, **kw)
+    return cifar_net(32, residual=True, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def resnet44(**kw) -> ResNet:
-    return _cifar_net(44, residual=True, **kw)
+    return cifar_net(44, residual=True, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def resnet56(**kw) -> ResNet:
-    return _cifar_net(56, residual=True, **kw)
+    return cifar_net(56, residual=True, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def resnet110(**kw) -> ResNet:
-    return _cifar_net(110, residual=True, **kw)
+    return cifar_net(110, residual=True, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def resnet1202(**kw) -> ResNet:
-    return _cifar_net(1202, residual=True, **kw)
+    return cifar_net(1202, residual=True, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def plain20(**kw) -> ResNet:
-    return _cifar_net(20, residual=False, **kw)
+    return cifar_net(20, residual=False, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def plain32(**kw) -> ResNet:
-    return _cifar_net(32, residual=False, **kw)
+    return cifar_net(32, residual=False, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def plain44(**kw) -> ResNet:
-    return _cifar_net(44, residual=False, **kw)
+    return cifar_net(44, residual=False, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def plain56(**kw) -> ResNet:
-    return _cifar_net(56, residual=False, **kw)
+    return cifar_net(56, residual=False, **kw)

@@ -220,8 +220,8 @@ def _cifar_stem(in_channels: int) -> nn.Sequential:
     )
 
 
-def _se_cifar_net(depth: int, *, reduction: int = 16, num_classes: int = 10, in_channels: int = 3,
-                  shortcut: Shortcut = "A") -> ResNet:
+def se_cifar_net(depth: int, *, reduction: int = 16, num_classes: int = 10, in_channels: int = 3,
+                 shortcut: Shortcut = "A") -> ResNet:
     """He et al. 2016's 6n+2-layer CIFAR ResNet (16/32/64 filters, option A) with SE basic blocks."""
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNets have 6n+2 layers; {depth} is not of that form")
@@ -230,8 +230,8 @@ def _se_cifar_net(depth: int, *, reduction: int = 16, num_classes: int = 10, in_
                   True, reduction=reduction)
 
 
-def _preact_cifar_net(depth: int, bottleneck: bool, *, reduction: int | None, num_classes: int = 10,
-                      in_channels: int = 3, shortcut: Shortcut | None = None) -> PreActResNet:
+def preact_cifar_net(depth: int, bottleneck: bool, *, reduction: int | None, num_classes: int = 10,
+                     in_channels: int = 3, shortcut: Shortcut | None = None) -> PreActResNet:
     """Identity Mappings' CIFAR nets: a 3x3 conv with 16 filters (no BN-ReLU of its own: that is the
     first unit's pre-activation), three stages on 32/16/8 maps, BN-ReLU, pooling, FC.
 
@@ -268,40 +268,40 @@ def se_resnet152(**kw) -> ResNet:
 # He et al. 2016's CIFAR ResNets with SE blocks (the reduced-scale comparisons).
 @register(input_size=(3, 32, 32))
 def se_resnet20(**kw) -> ResNet:
-    return _se_cifar_net(20, **kw)
+    return se_cifar_net(20, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def se_resnet32(**kw) -> ResNet:
-    return _se_cifar_net(32, **kw)
+    return se_cifar_net(32, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def se_resnet56(**kw) -> ResNet:
-    return _se_cifar_net(56, **kw)
+    return se_cifar_net(56, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def se_resnet110(**kw) -> ResNet:
-    return _se_cifar_net(110, **kw)
+    return se_cifar_net(110, **kw)
 
 
 # Tables 4-5: the pre-activation ResNet-110 and ResNet-164 of Identity Mappings [14], plain and SE.
 @register(input_size=(3, 32, 32))
 def preact_resnet110(**kw) -> PreActResNet:
-    return _preact_cifar_net(110, bottleneck=False, reduction=None, **kw)
+    return preact_cifar_net(110, bottleneck=False, reduction=None, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def se_preact_resnet110(reduction: int = 16, **kw) -> PreActResNet:
-    return _preact_cifar_net(110, bottleneck=False, reduction=reduction, **kw)
+    return preact_cifar_net(110, bottleneck=False, reduction=reduction, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def resnet164(**kw) -> PreActResNet:
-    return _preact_cifar_net(164, bottleneck=True, reduction=None, **kw)
+    return preact_cifar_net(164, bottleneck=True, reduction=None, **kw)
 
 
 @register(input_size=(3, 32, 32))
 def se_resnet164(reduction: int = 16, **kw) -> PreActResNet:
-    return _preact_cifar_net(164, bottleneck=True, reduction=reduction, **kw)
+    return preact_cifar_net(164, bottleneck=True, reduction=reduction, **kw)

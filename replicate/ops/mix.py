@@ -273,7 +273,7 @@ def _rectangle(height: int, width: int, generator: torch.Generator) -> tuple[int
     return x0, y0, x1, y1
 
 
-def _covered(boxes: Tensor, rects) -> tuple[Tensor, Tensor]:
+def covered_part(boxes: Tensor, rects) -> tuple[Tensor, Tensor]:
     """Boxes [N, 4] under rectangles (one (x0, y0, x1, y1), or [N, 4] one per box): their
     visible area and the bounding box of their visible part (box minus rectangle)."""
     rects = torch.as_tensor(rects, dtype=boxes.dtype).reshape(-1, 4).expand(boxes.shape[0], 4)
@@ -323,7 +323,7 @@ def cutmix(images: Sequence[Tensor], targets: Sequence[Mapping], generator: torc
     base = torch.cat([h["boxes"] for h in host])
     per_box_rect = torch.tensor(rects, dtype=torch.float32).reshape(-1, 4).repeat_interleave(torch.tensor(counts),
                                                                                              dim=0)
-    visible, shrunk = _covered(base, per_box_rect)
+    visible, shrunk = covered_part(base, per_box_rect)
     w, h = shrunk[:, 2] - shrunk[:, 0], shrunk[:, 3] - shrunk[:, 1]
     keep = (visible > 0) & (visible >= min_visible * _area(base)) & (w >= min_size) & (h >= min_size)
     owner = torch.arange(n).repeat_interleave(torch.tensor(counts))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from replicate.models import build
-from replicate.models.rcnn import _fit_svm, dilate
+from replicate.models.rcnn import fit_svm, dilate
 from tests.fakes import proposal_batch
 
 
@@ -55,7 +55,7 @@ def test_svm_with_hard_negative_mining_separates_a_toy_set():
     generator = torch.Generator().manual_seed(0)
     positives = torch.randn(20, 5, generator=generator, dtype=torch.float64) + torch.tensor([3.0, 0, 0, 0, 0]).double()
     negatives = torch.randn(400, 5, generator=generator, dtype=torch.float64) - torch.tensor([3.0, 0, 0, 0, 0]).double()
-    w, b = _fit_svm(positives, negatives, c=1.0, positive_weight=2.0, w=torch.zeros(5, dtype=torch.float64),
+    w, b = fit_svm(positives, negatives, c=1.0, positive_weight=2.0, w=torch.zeros(5, dtype=torch.float64),
                     b=torch.zeros((), dtype=torch.float64))
     assert ((positives @ w + b) > 0).all() and ((negatives @ w + b) < 0).float().mean() > 0.99
     model = tiny(svm_c=1.0)  # the paper's C = 0.001 suits thousands of 4096-d fc7 features, not this toy set

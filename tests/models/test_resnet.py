@@ -74,10 +74,10 @@ def test_zero_padding_shortcut_pads_and_subsamples():
 
 
 def test_cifar_depth_must_be_6n_plus_2():
-    from replicate.models.resnet import _cifar_net
+    from replicate.models.resnet import cifar_net
 
     with pytest.raises(ValueError, match="6n\\+2"):
-        _cifar_net(21, residual=True)
+        cifar_net(21, residual=True)
 
 
 def test_registry_lists_and_rejects():

@@ -221,11 +221,11 @@ def test_a_training_step_updates_the_se_layers():
 
 
 def test_builders_reject_bad_depths_and_knobs():
-    from replicate.models.senet import _preact_cifar_net, _se_cifar_net
+    from replicate.models.senet import preact_cifar_net, se_cifar_net
 
     with pytest.raises(ValueError, match="6n\\+2"):
-        _se_cifar_net(21)
+        se_cifar_net(21)
     with pytest.raises(ValueError, match="9n\\+2"):
-        _preact_cifar_net(165, bottleneck=True, reduction=None)
+        preact_cifar_net(165, bottleneck=True, reduction=None)
     with pytest.raises(TypeError):
         models.build("preact_resnet110", reduction=16)  # the plain net has no SE knob

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from replicate.ops.mix import _covered, cutmix, mosaic
+from replicate.ops.mix import covered_part, cutmix, mosaic
 
 
 def colour(label: int) -> torch.Tensor:
@@ -160,18 +160,18 @@ def test_mosaic_is_deterministic_given_the_generator():
 def test_covered_by_hand():
     box = torch.tensor([[10.0, 10.0, 30.0, 30.0]])
     # The rectangle covers the box's left half over its whole height: the box shrinks.
-    visible, shrunk = _covered(box, (0, 0, 20, 40))
+    visible, shrunk = covered_part(box, (0, 0, 20, 40))
     assert visible.item() == 200 and shrunk.tolist() == [[20.0, 10.0, 30.0, 30.0]]
     # The bottom strip over its whole width.
-    visible, shrunk = _covered(box, (5, 25, 35, 40))
+    visible, shrunk = covered_part(box, (5, 25, 35, 40))
     assert visible.item() == 300 and shrunk.tolist() == [[10.0, 10.0, 30.0, 25.0]]
     # A hole in the middle or a corner: the visible part's bounding box is the box itself.
-    assert _covered(box, (15, 15, 25, 25))[1].tolist() == box.tolist()
-    visible, shrunk = _covered(box, (0, 0, 20, 20))
+    assert covered_part(box, (15, 15, 25, 25))[1].tolist() == box.tolist()
+    visible, shrunk = covered_part(box, (0, 0, 20, 20))
     assert visible.item() == 300 and shrunk.tolist() == box.tolist()
     # Covered entirely, or not at all.
-    assert _covered(box, (0, 0, 40, 40))[0].item() == 0
-    assert _covered(box, (40, 40, 50, 50))[0].item() == 400
+    assert covered_part(box, (0, 0, 40, 40))[0].item() == 0
+    assert covered_part(box, (40, 40, 50, 50))[0].item() == 400
 
 
 @pytest.mark.parametrize("seed", range(8))
