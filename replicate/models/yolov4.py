@@ -69,8 +69,9 @@ from torchvision.ops import drop_block2d
 
 from ._registry import register
 from .cspresnext import CSPResNeXt50
+from .darknet53 import Residual
 from .layers import ConvBN, FiveStageBackbone, make_activation, scaled
-from .yolov3 import STRIDES, PredictionHead, Residual, YOLODetector, five_convs
+from .yolov3 import STRIDES, PredictionHead, YOLODetector, five_convs
 
 # Released yolov4.cfg's anchors ("optimized anchors" for 512 x 512, Table 4 "OA").
 YOLOV4_ANCHORS = ((12, 16), (19, 36), (40, 28), (36, 75), (76, 55), (72, 146), (142, 110), (192, 243), (459, 401))

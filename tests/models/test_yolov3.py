@@ -8,7 +8,8 @@ from torch import nn
 
 from replicate import models
 from replicate.measure.complexity import count
-from replicate.models.yolov3 import COCO_ANCHORS, Residual
+from replicate.models.darknet53 import Residual
+from replicate.models.yolov3 import COCO_ANCHORS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
