@@ -6,7 +6,8 @@ quantization of weights, Quant-Noise during training, iterative PQ, and model si
     noise.py    Quant-Noise as parametrizations on any model's Conv2d/Linear weights (Sec. 4)
     ipq.py      iterative PQ with codebook fine-tuning, int8 codebooks (Sec. 3.2, 5)
     size.py     sizes in MB (2^20 bytes) and compression ratios, as the paper counts them
-    pipeline.py train / compress / evaluate the rows of Table 1, cached like experiment runs
+    (its runs, train / compress / evaluate, are replicate.runs.compression; its tables and
+    plots replicate.report.compression)
 """
 
 from __future__ import annotations

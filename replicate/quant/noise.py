@@ -6,7 +6,7 @@ target quantizer would give it; the other blocks stay in full precision. The gra
 distorted block is taken with the straight-through estimator (identity), so the unselected
 blocks get unbiased gradients. p = 1 is quantization-aware training with STE over the whole
 network; p = 0 is plain training. At test time the whole network is quantized (Sec. 4), which
-`replicate.quant.pipeline` does after training: in eval mode the parametrizations below return
+`replicate.runs.compression` does after training: in eval mode the parametrizations below return
 the full-precision weight.
 
 The noise functions:
