@@ -3,23 +3,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .. import models
-from ..config.hashing import PACKAGE_DIR, code_fingerprint, model_sources
 from ..errors import ConfigError, ExactTableMismatch, FloorNotMet
-from ..measure.complexity import QUANTITIES, Complexity, count
+from ..measure.complexity import QUANTITIES, Complexity
+from ..measure.counts import stored_count
 from .cells import (CHANCE_MARGIN, COLUMNS, FLOOR_COLUMNS, OPS, STATUS_COLOURS, STATUSES, cell_tolerance, exact_status,
                     exact_tolerance, floor_score, fmt, isnan, join_notes, percent, run_columns, untrained_score)
 from .files import git_commit, write_report
@@ -38,7 +32,6 @@ class Report:
         self.runs: dict[str, dict] = {}
         self.floor_frame: pd.DataFrame | None = None
         self._counted: dict[tuple, Complexity] = {}
-        self._codes: dict[str, str] = {}
         self.overrides = list(cfg.get("overrides") or [])
         if self.overrides:  # the notebook's first output says that this is not the standard report
             print(f"Not the standard {self.profile} report: made with the overrides {self.overrides}.")
@@ -63,39 +56,12 @@ class Report:
 
     # -- exact tables: computed from the model definitions ------------------------------------------
     def complexity(self, name: str, input_size, module: str | None = None, **kwargs) -> Complexity:
-        """Counted once per (model, input, module, kwargs) and kept: no model is built twice for a report.
-
-        Models are built on the meta device: counting needs shapes, not weights.
-        """
+        """Counted once per (model, input, module, kwargs) and kept, in the report and on disk
+        (`measure.counts`): no model is built twice for a report, nor for a later execution."""
         key = (name, tuple(input_size), module, tuple(sorted(kwargs.items())))
         if key not in self._counted:
-            self._counted[key] = self._stored_count(name, tuple(input_size), module, kwargs)
+            self._counted[key] = stored_count(name, tuple(input_size), module, kwargs, self.cfg.paths.count_dir)
         return self._counted[key]
-
-    def _stored_count(self, name: str, input_size: tuple, module: str | None, kwargs: dict) -> Complexity:
-        """A count kept on disk (`paths.count_dir`, runs/counts/) under the model, its kwargs, the input size and
-        the counting and model code: the reduced and full executions of a notebook, and every later
-        one, count each network once (ResNet-1202 takes half a minute)."""
-        if name not in self._codes:  # the model's own code (its family and what it imports) and the counter
-            sources = [p.relative_to(PACKAGE_DIR).as_posix() for p in model_sources(name)]
-            self._codes[name] = code_fingerprint([*sources, "measure/complexity.py"]) + torch.__version__
-        blob = json.dumps([name, list(input_size), module, sorted(kwargs.items()), self._codes[name]], default=str)
-        path = Path(self.cfg.paths.count_dir) / f"{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
-        try:
-            return Complexity(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):  # not counted yet, or a damaged file: count again
-            pass
-        with torch.device("meta"):
-            model = models.build(name, **kwargs)
-        counted = count(model, input_size, module=module)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(dataclasses.asdict(counted)))
-            os.replace(tmp, path)
-        except OSError:  # a read-only run folder: counting again next time is all it costs
-            pass
-        return counted
 
     def exact(self, table_id: str, counter: Callable[[Mapping, Mapping], float] | None = None) -> pd.DataFrame:
         """Cells computed from the model definitions. A cell may override the table's

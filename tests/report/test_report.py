@@ -54,7 +54,7 @@ def test_show_regenerates_a_table_by_its_kind_and_returns_its_view(cfg):
 
 def test_counts_are_kept_on_disk_and_recounted_when_the_model_code_changes(cfg, monkeypatch):
     from replicate import models
-    from replicate.report import report
+    from replicate.measure import counts
 
     first = Report(cfg).exact("table6_params")
     assert len(list(Path(cfg.paths.count_dir).glob("*.json"))) == len(first)
@@ -65,7 +65,7 @@ def test_counts_are_kept_on_disk_and_recounted_when_the_model_code_changes(cfg, 
     monkeypatch.setattr(models, "build", no_build)
     again = Report(cfg).exact("table6_params")
     assert again["ours"].tolist() == first["ours"].tolist()
-    monkeypatch.setattr(report, "code_fingerprint", lambda entries: "edited")  # another model code
+    monkeypatch.setattr(counts, "code_fingerprint", lambda entries: "edited")  # another model code
     with pytest.raises(AssertionError, match="recounted"):
         Report(cfg).exact("table6_params")
 
