@@ -1,5 +1,6 @@
-"""The MobileNet papers' architecture tables read back from our built networks (one forward pass
-with hooks records each layer's input): MobileNet V1 Table 1, V2 Table 2, V3 Table 1/2."""
+"""The papers' architecture tables read back from our built networks: the MobileNet ones (one
+forward pass with hooks records each layer's input: MobileNet V1 Table 1, V2 Table 2, V3 Table
+1/2) and RDNet's mixing blocks (read from the network's plan)."""
 
 from __future__ import annotations
 
@@ -99,4 +100,19 @@ def mobilenet_v3_table(model: nn.Module, size: int = 224) -> pd.DataFrame:
     rows += [{"input": f"7^2 x {last}", "operator": "pool, 7x7", "exp size": "-", "#out": "-", "SE": "", "NL": "-", "s": 1},
              {"input": f"1^2 x {last}", "operator": "conv2d 1x1, NBN", "exp size": "-", "#out": head, "SE": "", "NL": "HS", "s": 1},
              {"input": f"1^2 x {head}", "operator": "conv2d 1x1, NBN", "exp size": "-", "#out": classes, "SE": "", "NL": "-", "s": 1}]
+    return pd.DataFrame(rows)
+
+
+def rdnet_blocks(model: nn.Module) -> pd.DataFrame:
+    """DenseNets Reloaded, Fig. 1: one row per mixing block of an RDNet's `plan` (its
+    stage, growth rate, input and concatenated output widths, channel re-scaling) and the
+    transition that follows it (2x2/2 patch merging before a new stage, 1x1 inside one)."""
+    plan = model.plan
+    rows = []
+    for b, block in enumerate(plan):
+        after = plan[b + 1] if b + 1 < len(plan) else None
+        rows.append({"stage": 1 + sum(p.downsample for p in plan[:b + 1]), "mixing block": b + 1,
+                     "growth rate": block.mixers[0][1], "in": block.in_channels,
+                     "out (concatenated)": block.out_channels, "channel re-scaling": block.se,
+                     "transition after": "" if after is None else "2x2/2" if after.downsample else "1x1"})
     return pd.DataFrame(rows)

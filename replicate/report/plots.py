@@ -1,6 +1,6 @@
-"""Figures: training curves drawn from the runs' CSV logs, and detection figures (images with
-their ground-truth boxes, dashed, and the detections, solid, with class and score, as the R-CNN
-and YOLO papers show their results)."""
+"""Figures: training curves drawn from the runs' CSV logs, error against multiply-adds (MobileNet
+V1 Fig. 4), and detection figures (images with their ground-truth boxes, dashed, and the
+detections, solid, with class and score, as the R-CNN and YOLO papers show their results)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from matplotlib.patches import Rectangle
 
-from ..runs.store import load_curves
+from ..runs.store import load_curves, load_detections
 
 
 def training_curves(results: Mapping[str, dict], panels: Sequence[tuple[str, Sequence[str]]],
@@ -45,6 +45,19 @@ def training_curves(results: Mapping[str, dict], panels: Sequence[tuple[str, Seq
     fig.tight_layout()
     return fig, pd.DataFrame(rows, columns=["panel", "experiment", "step", "curve", "error"])
 
+
+def error_vs_mult_adds(points: pd.DataFrame) -> plt.Figure:
+    """MobileNet V1 Fig. 4: test top-1 error against multiply-adds (log scale), one line per
+    sweep (`points` as `sizes.trained_mult_adds` gives them: sweep, mult_adds_m, test_top1_err)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for sweep, group in points.groupby("sweep"):
+        ax.plot(group["mult_adds_m"], group["test_top1_err"], "o-", label=sweep)
+    ax.set_xscale("log")
+    ax.set_xlabel("million mult-adds (log scale)")
+    ax.set_ylabel("test top-1 error (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return fig
 
 
 def _numpy_image(image) -> np.ndarray:
@@ -130,3 +143,15 @@ def draw_dataset_detections(dataset, indices: Sequence[int], predictions: Sequen
     targets = [dataset.target(i) for i in indices]
     kwargs.setdefault("class_names", getattr(dataset, "class_names", None))
     return draw_detections(images, predictions, targets, **kwargs)
+
+
+def run_detections(dataset, result: Mapping, *, keep: int | None = 5, score_threshold: float = 0.0, count: int = 8,
+                   ncols: int = 4) -> tuple[plt.Figure, pd.DataFrame]:
+    """The detection papers' figures of example detections (YOLOv1 Fig. 6, for one) for a
+    finished run: its first `count` test images of `dataset` (the run's test set as stored), with
+    the ground truth and each image's `keep` best detections (all with None) scoring at least
+    `score_threshold`, as `draw_dataset_detections` draws them."""
+    shown = load_detections(result)[:count]
+    if keep is not None:
+        shown = [{key: value[:keep] for key, value in d.items()} for d in shown]
+    return draw_dataset_detections(dataset, list(range(count)), shown, score_threshold=score_threshold, ncols=ncols)

@@ -1,7 +1,10 @@
-"""The MobileNet architecture tables read back from the built networks match the papers' tables."""
+"""The architecture tables read back from the built networks (MobileNet V1-V3, RDNet) match the papers' tables."""
+
+import torch
 
 from replicate import models
-from replicate.report.architecture import bn_params, mobilenet_v1_table1, mobilenet_v2_table2, mobilenet_v3_table
+from replicate.report.architecture import (bn_params, mobilenet_v1_table1, mobilenet_v2_table2, mobilenet_v3_table,
+                                           rdnet_blocks)
 
 
 def test_mobilenet_v1_table1_has_the_papers_28_layers():
@@ -27,3 +30,12 @@ def test_mobilenet_v3_large_table_and_batch_norm_parameters():
     assert len(bnecks) == 15 and bnecks["exp size"].tolist()[:3] == [16, 64, 72]
     assert (bnecks["SE"] == "yes").sum() == 8 and table.iloc[-2]["#out"] == 1280
     assert 0 < bn_params(model) < 0.02 * sum(p.numel() for p in model.parameters())
+
+
+def test_rdnet_tiny_blocks_by_stage_with_their_transitions():
+    with torch.device("meta"):
+        table = rdnet_blocks(models.build("rdnet_tiny"))
+    assert table["stage"].tolist() == [1, 2, 3, 3, 3, 3, 4]  # 1, 1, 4 and 1 mixing blocks (Fig. 1)
+    assert table["transition after"].tolist() == ["2x2/2", "2x2/2", "1x1", "1x1", "1x1", "2x2/2", ""]
+    assert table["channel re-scaling"].tolist() == [False, False] + [True] * 5  # stages 3 and 4
+    assert (table["out (concatenated)"] == table["in"] + 3 * table["growth rate"]).all()  # three mixers a block
