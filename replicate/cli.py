@@ -160,7 +160,7 @@ def forget_runs(paper: str, profile: str, overrides: list[str], experiments: lis
 
     from .runs.store import hold, run_dir
 
-    names = experiments or list(compose(paper, profile, overrides).paper.runs[profile])
+    names = experiments or list(compose(paper, profile, overrides).paper.plan[profile])
     deleted = []
     for name in names:
         directory = run_dir(compose(paper, profile, [*overrides, f"experiment={name}"]))

@@ -23,7 +23,7 @@ def test_every_experiment_of_every_paper_composes(profile):
             exp = compose(paper, profile, [f"experiment={name}"])
             assert exp.experiment == name and exp.model.name and exp.recipe.max_steps > 0
             sources[name] = exp.model.get("backbone_from")
-        runs = list(cfg.paper.runs[profile])
+        runs = list(cfg.paper.plan[profile])
         for name in runs:
             assert name in cfg.paper.experiments
             # A run that starts from another's network (model.backbone_from) comes after it.

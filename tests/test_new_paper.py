@@ -18,7 +18,7 @@ TOY = {
     "arxiv": "0000.00000",
     "experiments": {"resnet20_cifar10": ["data=cifar10", "model=resnet_cifar", "model.name=resnet20",
                                          "recipe=resnet_cifar"]},
-    "runs": {"reduced": ["resnet20_cifar10"], "full": ["resnet20_cifar10"]},
+    "plan": {"reduced": ["resnet20_cifar10"], "full": ["resnet20_cifar10"]},
     "floors": {"reduced": {"resnet20_cifar10": 0.3}},
     "scale": {"reduced": ["data.train_subset=256", "data.test_subset=64", "recipe.batch_size=32",
                           "recipe.max_steps=40", "recipe.val_every_steps=null", "recipe.checkpoint_every_steps=40"]},

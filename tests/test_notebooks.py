@@ -185,7 +185,7 @@ def test_notebook_regenerates_its_tables_on_the_reduced_profile(paper, replicati
         frame = pd.read_csv(out / f"{table}.csv")
         assert set(frame["status"]) == {"reduced"} and (frame["ours"] > 0).all(), frame
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(cfg.paper.runs.reduced) <= set(metrics["runs"])
+    assert set(cfg.paper.plan.reduced) <= set(metrics["runs"])
     assert metrics["cells"]["off"] == 0 and metrics["cells"]["cells"] > 0
     for claim in cfg.paper.get("claims") or []:
         frame = pd.read_csv(out / f"{claim.id}.csv")

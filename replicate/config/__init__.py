@@ -272,14 +272,14 @@ def check_floors(cfg: DictConfig) -> None:
     one could fail unnoticed, and a floor naming no planned run checks nothing."""
     paper = cfg.paper
     for profile, floors in (paper.get("floors") or {}).items():
-        planned = list((paper.get("runs") or {}).get(profile) or [])
+        planned = list((paper.get("plan") or {}).get(profile) or [])
         floors = dict(floors or {})
         extra = [name for name in floors if name not in planned]
         missing = [name for name in planned if name not in floors]
         if extra or missing:
             raise ConfigError(
-                f"conf/paper/{paper.id}.yaml: floors.{profile} must name exactly the runs of runs.{profile}"
-                + (f"; it names {extra}, which runs.{profile} does not plan" if extra else "")
+                f"conf/paper/{paper.id}.yaml: floors.{profile} must name exactly the runs of plan.{profile}"
+                + (f"; it names {extra}, which plan.{profile} does not name" if extra else "")
                 + (f"; it has no floor for {missing}" if missing else "") + ".")
         bad = {name: value for name, value in floors.items()
                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1}

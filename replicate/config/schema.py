@@ -62,7 +62,7 @@ class PaperSpec:
     arxiv: str = _doc("its arXiv id (quoted)")
     experiments: dict = _doc("name -> list of Hydra group choices and overrides "
                              "(`[data=cifar10, model=resnet_cifar, model.name=resnet20, recipe=resnet_cifar]`)")
-    runs: dict = _doc("the plan: per profile (`reduced`, `full`), the experiments run_all trains, in order")
+    plan: dict = _doc("per profile (`reduced`, `full`), the experiments run_all trains, in order")
     floors: dict = _doc("per profile, each planned run's lowest acceptable test score (a fraction); "
                         "every planned run has one")
     tables: list = _doc("the paper's tables (below)")
@@ -112,10 +112,10 @@ def check_paper(paper: dict, name: str) -> None:
         if table["id"] in seen:
             raise ConfigError(f"{place}: a second table with id {table['id']!r}.")
         seen.add(table["id"])
-    for profile, planned in paper["runs"].items():
+    for profile, planned in paper["plan"].items():
         unknown = [e for e in planned or [] if e not in paper["experiments"]]
         if unknown:
-            raise ConfigError(f"{where}: runs.{profile} names {unknown}, which are not experiments."
+            raise ConfigError(f"{where}: plan.{profile} names {unknown}, which are not experiments."
                               f"{choices(unknown[0], paper['experiments'])}")
 
 

@@ -118,7 +118,7 @@ class Report:
                 raise ConfigError(f"table {table_id}: measured_on {spec['measured_on']} needs a "
                                   f"not_run_because.{self.profile} reason.")
             return self.not_run(table_id, reason)
-        planned = set(self.paper.runs[self.profile])
+        planned = set(self.paper.plan[self.profile])
         rows = []
         for cell in spec["cells"]:
             result = results.get(cell["experiment"])
@@ -130,7 +130,7 @@ class Report:
                 elif cell["experiment"] not in planned:
                     why = (spec.get("not_run_because") or {}).get(self.profile)
                     reason = join_notes(why, f"not in the {self.profile} profile's runs "
-                                        f"(conf/paper/{self.paper.id}.yaml: runs.{self.profile})")
+                                        f"(conf/paper/{self.paper.id}.yaml: plan.{self.profile})")
                 else:
                     reason = "not run in this execution"
                 rows.append(self.cell_row(spec, cell, ours=None, delta=None, tolerance=tol, status="not_run",
@@ -365,7 +365,7 @@ class Report:
         """What `dvc metrics show` lists, with the same keys for every paper so that the papers
         line up as rows of one table: the cells by status, and the headline run (the first the
         profile plans) with the score its floor is checked on (accuracy or mAP, 0-1)."""
-        planned = [name for name in (self.paper.get("runs") or {}).get(self.profile) or [] if name in self.runs]
+        planned = [name for name in (self.paper.get("plan") or {}).get(self.profile) or [] if name in self.runs]
         headline = {"run": None, "measure": None, "score": None}
         if planned:
             measure, score = floor_score(self.runs[planned[0]])

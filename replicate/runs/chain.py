@@ -53,7 +53,7 @@ def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments
     """Run (or load) every experiment the paper lists for `profile` (or those named)."""
     names = list(experiments) if experiments is not None else None
     if names is None:
-        names = list(compose(paper, profile, overrides).paper.runs[profile])
+        names = list(compose(paper, profile, overrides).paper.plan[profile])
     results = {}
     for name in names:
         cfg = compose(paper, profile, [*overrides, f"experiment={name}"])

@@ -18,7 +18,7 @@ def paper_datasets(paper: str, profile: str, overrides: Sequence[str] = ()) -> l
     paper plans for `profile`, in first-use order."""
     cfg = compose(paper, profile, overrides)
     names: list[str] = []
-    for experiment in cfg.paper.runs[profile]:
+    for experiment in cfg.paper.plan[profile]:
         name = compose(paper, profile, [*overrides, f"experiment={experiment}"]).data.name
         if name not in names:
             names.append(name)

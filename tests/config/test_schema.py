@@ -21,14 +21,14 @@ def test_every_paper_follows_the_schema():
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda p: p.update(plan=p["runs"]), "unknown key 'plan'"),
+    (lambda p: p.update(runs=p["plan"]), "unknown key 'runs'"),
     (lambda p: p.pop("floors"), "missing key 'floors'"),
     (lambda p: p.update(year="2016"), "year: '2016' is not a int"),
     (lambda p: p["tables"][0].update(kind="exactly"), r"tables\[0\] \(table1\).kind: 'exactly'"),
     (lambda p: p["tables"][1].update(tolerence=0.1), "unknown key 'tolerence'.*tolerance"),
     (lambda p: p["tables"][1].pop("source"), "missing key 'source'"),
     (lambda p: p["tables"].append(copy.deepcopy(p["tables"][0])), "a second table with id 'table1'"),
-    (lambda p: p["runs"]["reduced"].append("resnet21_cifar10"), "runs.reduced names.*resnet20_cifar10"),
+    (lambda p: p["plan"]["reduced"].append("resnet21_cifar10"), "plan.reduced names.*resnet20_cifar10"),
     (lambda p: p.update(id="resnet2"), "differs from the file's name"),
 ])
 def test_a_key_outside_the_schema_is_named(change, message):
@@ -56,7 +56,7 @@ def test_compose_checks_the_paper_file(tmp_path, monkeypatch):
 
 def test_the_reference_in_conf_readme_is_current():
     assert README.read_text() == reference(), "run `python -m replicate schema` and commit conf/README.md"
-    for key in ("experiments", "runs", "floors", "tables", "tolerance", "not_run_because"):
+    for key in ("experiments", "plan", "floors", "tables", "tolerance", "not_run_because", "presets"):
         assert f"`{key}`" in README.read_text()
 
 

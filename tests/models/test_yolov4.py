@@ -421,7 +421,7 @@ def test_the_full_profile_chains_every_detector_to_its_classifier():
 
     sources = {"yolov4_coco": "cd53_mish_bof", "csprx50_coco": "csprx50", "bof_none": "csprx50",
                "t6_cd53_bof": "cd53_leaky_bof", "t6_csprx50_bof_mish": "csprx50_bof_mish"}
-    runs = list(compose("yolov4", "full").paper.runs.full)
+    runs = list(compose("yolov4", "full").paper.plan.full)
     for name, source in sources.items():
         cfg = compose("yolov4", "full", [f"experiment={name}"])
         assert cfg.model.backbone_from == source and runs.index(source) < runs.index(name)

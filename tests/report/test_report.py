@@ -129,7 +129,7 @@ def test_measured_reduced_cells_are_reduced_and_missing_ones_not_run(cfg):
     frame = report.measured("table6_error", {"resnet20_cifar10": fake_result("resnet20_cifar10", 25.0)}).set_index("row")
     assert frame.loc["ResNet-20", "status"] == "reduced" and frame.loc["ResNet-20", "delta"] == pytest.approx(16.25)
     assert frame.loc["ResNet-32", "status"] == "not_run"
-    assert "runs.reduced" in frame.loc["ResNet-32", "note"]
+    assert "plan.reduced" in frame.loc["ResNet-32", "note"]
     missing = {"resnet56_cifar10": {"experiment": "resnet56_cifar10", "not_run": "CIFAR-10 is missing: get it"}}
     frame = report.measured("table6_error", missing).set_index("row")
     assert frame.loc["ResNet-56", "note"] == "CIFAR-10 is missing: get it"
@@ -204,7 +204,7 @@ def test_a_planned_run_missing_from_the_report_fails_the_check(cfg):
 def test_every_planned_run_has_a_floor_and_every_floor_a_planned_run(tmp_path):
     with pytest.raises(ConfigError, match=r"floors.reduced must name exactly.*no floor for \['plain56_cifar10'\]"):
         compose("resnet", "reduced", ["~paper.floors.reduced.plain56_cifar10"])
-    with pytest.raises(ConfigError, match=r"names \['resnet110_cifar10'\], which runs.reduced does not plan"):
+    with pytest.raises(ConfigError, match=r"names \['resnet110_cifar10'\], which plan.reduced does not name"):
         compose("resnet", "reduced", ["+paper.floors.reduced.resnet110_cifar10=0.5"])
     with pytest.raises(ConfigError, match="fractions in"):
         compose("resnet", "reduced", ["paper.floors.reduced.plain56_cifar10=70"])

@@ -241,7 +241,7 @@ def test_every_detection_experiment_builds_a_declared_detector(monkeypatch):
     built = set()
     for paper in ("rcnn", "fast_rcnn", "faster_rcnn", "yolov1", "yolov2", "yolov3", "yolov4"):
         cfg0 = compose(paper, "reduced")
-        for name in cfg0.paper.runs.reduced:
+        for name in cfg0.paper.plan.reduced:
             cfg = compose(paper, "reduced", [f"experiment={name}"])
             if not is_detection_data(cfg.data.name) or cfg.model.name in built:
                 continue
