@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ._registry import register
-from .layers import LEAKY_SLOPE, scaled
-from .yolov1 import conv_block
+from .layers import LEAKY_SLOPE
+from .yolov1 import make_layers
 
 # Table 6, (kernel, filters) or "M". Stage 1 ends with the last 3x3x512 layer (26 x 26 at 416),
 # where the passthrough starts; stage 2 is the last pool and the 1024-filter layers.
@@ -25,18 +25,10 @@ STAGE2: tuple = ("M", (3, 1024), (1, 512), (3, 1024), (1, 512), (3, 1024))
 
 
 def make_stage(spec: Sequence, in_channels: int, width_mult: float) -> tuple[nn.Sequential, int]:
-    """Convolution + batch norm + leaky ReLU blocks and max-pools; returns them and their width."""
-    layers: list[nn.Module] = []
-    channels = in_channels
-    for item in spec:
-        if item == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            kernel, width = item
-            width = scaled(width, width_mult)
-            layers.append(conv_block(channels, width, kernel, 1, batch_norm=True))
-            channels = width
-    return nn.Sequential(*layers), channels
+    """Convolution + batch norm + leaky ReLU blocks (stride 1) and max-pools; returns them and their
+    width. Table 6's layers are YOLOv1's with batch norm (`yolov1.make_layers`)."""
+    return make_layers([item if item == "M" else (*item, 1) for item in spec], in_channels, width_mult,
+                       batch_norm=True)
 
 
 def init_darknet(module: nn.Module) -> None:
