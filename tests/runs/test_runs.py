@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -294,8 +295,14 @@ def test_wandb_logs_each_experiment_of_a_process_to_its_own_run(tmp_path, monkey
         folders = list((Path(result["run_dir"]) / "wandb").glob("offline-run-*"))
         assert len(folders) == 1 and folders[0].name.endswith(runs.trainer.wandb_id(cfg))
         # The offline run's records (config, history, summary) are protobuf: their keys and
-        # values appear as plain strings.
-        logged[name] = b"".join(p.read_bytes() for p in folders[0].glob("*.wandb"))
+        # values appear as plain strings. W&B's own process writes them; `finish` may return a
+        # moment before the last record is on disk, so the read waits for it (at most 20 s).
+        deadline = time.monotonic() + 20
+        while True:
+            logged[name] = b"".join(p.read_bytes() for p in folders[0].glob("*.wandb"))
+            if b"test/top1_acc" in logged[name] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     for name, other in (names, names[::-1]):
         assert name.encode() in logged[name] and other.encode() not in logged[name]
         assert b"train/loss" in logged[name] and b"test/top1_acc" in logged[name]
