@@ -189,8 +189,10 @@ def _data(args: argparse.Namespace) -> None:
 
     data_dir = Path(args.data_dir) if args.data_dir else Path(compose_defaults().paths.data_dir)
     folder = prepare(args.name, data_dir, download=args.download)
-    if args.index:
-        write_index(folder, Path(args.index))
+    if args.fingerprint:
+        from .runs.datasets import fingerprint, write_json
+
+        write_json({args.name: fingerprint(folder)}, Path(args.fingerprint))
     print(folder)
 
 
@@ -210,18 +212,6 @@ def _schema(args: argparse.Namespace) -> None:
     from .config.schema import write_reference
 
     print(write_reference())
-
-
-def write_index(folder: Path, index: Path) -> None:
-    """A small JSON listing of a dataset folder (class folders and file counts per split), so
-    that a DVC stage can depend on a dataset checked in place without hashing all of it."""
-    listing = {}
-    for split in sorted(p for p in folder.iterdir() if p.is_dir()):
-        classes = sorted(p for p in split.iterdir() if p.is_dir())
-        listing[split.name] = {"classes": len(classes), "files": sum(1 for c in classes for f in c.iterdir())}
-    tmp = index.with_suffix(".tmp")
-    tmp.write_text(json.dumps(listing, indent=2, sort_keys=True))
-    tmp.replace(index)
 
 
 def _scoreboard(args: argparse.Namespace) -> None:
@@ -298,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--download", action="store_true", help="download where a network exists (torchvision)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--index", default=None, help="also write a JSON index of the folder here (ImageNet)")
+    p.add_argument("--fingerprint", default=None, metavar="FILE",
+                   help="also write the folder's fingerprint (files and bytes per split and class folder) to FILE, "
+                        "as the DVC datasets stage does")
     p.set_defaults(func=_data)
 
     p = sub.add_parser("datasets", help="the data sets a paper's plan reads at a profile; with --write, make them "

@@ -42,10 +42,11 @@ def test_data_commands(tmp_path):
     done = cli("data", "cifar10", "--data-dir", str(tmp_path))
     assert done.returncode == 2 and "cifar-10-python.tar.gz" in done.stderr
     write_imagenet_folder(tmp_path, classes=3, per_class=2)
-    index = tmp_path / "imagenet.index.json"
-    done = cli("data", "imagenet", "--data-dir", str(tmp_path), "--index", str(index))
+    stamp = tmp_path / "imagenet.fingerprint.json"
+    done = cli("data", "imagenet", "--data-dir", str(tmp_path), "--fingerprint", str(stamp))
     assert done.returncode == 0, done.stderr
-    assert json.loads(index.read_text())["train"] == {"classes": 3, "files": 6}
+    counts = json.loads(stamp.read_text())["imagenet"]
+    assert counts["train"][0] == 6 and len([k for k in counts if k.startswith("train/")]) == 3
 
 
 def test_groups_lists_experiments():

@@ -52,8 +52,14 @@ def write_fingerprints(paper: str, profile: str, target: Path, data_dir: Path,
     for name in paper_datasets(paper, profile, overrides):
         folder = prepare(name, data_dir, download=True)
         stamps[name] = fingerprint(folder)
+    write_json(stamps, target)
+    return stamps
+
+
+def write_json(value: dict, target: Path) -> None:
+    """`value` as JSON at `target`, written whole and then renamed: never half a file."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{os.getpid()}")
-    staging.write_text(json.dumps(stamps, indent=1, sort_keys=True))
+    staging.write_text(json.dumps(value, indent=1, sort_keys=True))
     os.replace(staging, target)
-    return stamps
