@@ -45,7 +45,7 @@ replicate-full: setup
 test: setup
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 	$(BIN)/python -m pytest -q -m "slow and not full_profile" --durations=40
-	$(BIN)/python -m pytest -q -n 2 -m full_profile --durations=5
+	$(BIN)/python -m pytest -q -n 2 -m full_profile --durations=5 tests/test_notebooks.py
 
 ## test-fast: the unit tier alone (no notebook), for everyday work: at most 5 minutes on 2 cores
 test-fast: setup

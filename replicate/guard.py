@@ -35,6 +35,15 @@ def expected_seconds(model: torch.nn.Module, input_size, steps: int, batch_size:
     return 3 * 2 * macs * batch_size * steps / (cpu_gflops() * 1e9)
 
 
+def full_profile_on_cpu(cfg: DictConfig, device_type: str | None = None) -> bool:
+    """Whether `cfg` is the full profile about to run on a CPU (`device_type`, by default this
+    machine's best: cuda when present) without `profile.allow_cpu`: its trainings are refused, and
+    its timings, made for the paper's GPU, are not taken either."""
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.profile.name == "full" and not cfg.profile.get("allow_cpu") and device_type == "cpu"
+
+
 class RefuseFullOnCpu(Callback):
     """Raises `ConfigError` at the start of a full-profile fit on a CPU (after the data loaded, so a
     missing dataset is still reported as such), unless `profile.allow_cpu` is true."""
@@ -44,7 +53,7 @@ class RefuseFullOnCpu(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         cfg = self.cfg
-        if cfg.profile.name != "full" or cfg.profile.get("allow_cpu") or trainer.strategy.root_device.type != "cpu":
+        if not full_profile_on_cpu(cfg, trainer.strategy.root_device.type):
             return
         recipe = cfg.recipe
         estimate = ""

@@ -6,6 +6,15 @@ from our networks), `sizes` (counted sizes shown beside the exact tables), `spee
 tables' timings), `priors` (YOLOv2's dimension clusters) and `compression` (Quant-Noise's rows)."""
 
 from .files import write_scoreboard
-from .report import Report
 
 __all__ = ["Report", "write_scoreboard"]
+
+
+def __getattr__(name: str):
+    # `Report` builds and counts networks (torch); the command line that only publishes a
+    # notebook's files and the scoreboard (`files`) should not pay for importing it.
+    if name == "Report":
+        from .report import Report
+
+        return Report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

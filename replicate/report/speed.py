@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from .. import models, runs
 from ..data.detection import proposals
+from ..guard import full_profile_on_cpu
 from ..measure import timing
 from .report import Report
 
@@ -84,7 +85,14 @@ def show_backbone_fps(report: Report, table_id: str, backbones: Mapping[str, dic
                       repeats: int = 2):
     """YOLOv3 Table 2: each classifier (registry name and its kwargs), untrained at its full width,
     in images per second at `input_size` (`timing.classifier_fps`), and its operations per second
-    (`gops_per_s_<name>`: Darknet's count, two per multiply-add, times images per second)."""
+    (`gops_per_s_<name>`: Darknet's count, two per multiply-add, times images per second). On the
+    full profile a machine without a GPU does not time them (`guard.full_profile_on_cpu`): the
+    reduced profile's table holds this CPU's ratios."""
+    if full_profile_on_cpu(report.cfg):
+        report.not_run(table_id, "the full profile times the backbones on a GPU, as the paper did on a Titan X, and "
+                                 "this machine has none: the reduced profile's table has this CPU's ratios "
+                                 "(profile.allow_cpu=true times them here)")
+        return report.view(table_id)
     built = {name: models.build(name, **kwargs) for name, kwargs in backbones.items()}
     speeds = timing.classifier_fps(built, input_size, repeats=repeats)
     for name, kwargs in backbones.items():

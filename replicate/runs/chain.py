@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from ..config import compose
 from ..errors import ConfigError, DatasetMissingError, choices
-from .launch import run
+from .launch import each_dataset_looked_for_once, run
 from .store import save_weights
 
 
@@ -50,10 +50,17 @@ def with_backbone_from(cfg: DictConfig, paper: str, profile: str, overrides: Seq
 
 def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments: Sequence[str] | None = None,
             *, verbose: bool = True) -> dict[str, dict]:
-    """Run (or load) every experiment the paper lists for `profile` (or those named)."""
+    """Run (or load) every experiment the paper lists for `profile` (or those named). Each data
+    set is looked for once: when it is missing, every run that reads it is `not_run` with the
+    same reason."""
     names = list(experiments) if experiments is not None else None
     if names is None:
         names = list(compose(paper, profile, overrides).paper.plan[profile])
+    with each_dataset_looked_for_once():
+        return _run_each(paper, profile, overrides, names, verbose)
+
+
+def _run_each(paper: str, profile: str, overrides: Sequence[str], names: list[str], verbose: bool) -> dict[str, dict]:
     results = {}
     for name in names:
         cfg = compose(paper, profile, [*overrides, f"experiment={name}"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import lightning as L
@@ -54,12 +56,44 @@ def run(cfg: DictConfig, *, force: bool = False, callbacks: Sequence[Callback] =
             finish_wandb(cfg)
 
 
+_LOOKED_FOR: ContextVar[dict | None] = ContextVar("looked_for", default=None)
+
+
+@contextmanager
+def each_dataset_looked_for_once():
+    """Within this block, each data set is looked for (and its download tried) once: a paper's
+    plan reads one set in up to 30 runs, and a cluster node without a network would otherwise wait
+    out a failed download for each of them."""
+    token = _LOOKED_FOR.set({})
+    try:
+        yield
+    finally:
+        _LOOKED_FOR.reset(token)
+
+
 def require_data(cfg: DictConfig) -> None:
     """Make sure the run's data set is on disk before a network, a trainer or a run folder is
     made: a set that may be downloaded (`data.download`, `DOWNLOADABLE`) is downloaded now, by
     the launching process only (the ranks a multi-GPU run starts later find it there). Raises
     `DatasetMissingError` (with where to get it) when it is absent and cannot be fetched:
     ImageNet and COCO never are, and a machine without a network cannot fetch any."""
+    looked_for = _LOOKED_FOR.get()
+    key = (cfg.data.name, str(cfg.paths.data_dir), bool(cfg.data.get("download")))
+    if looked_for is not None and key in looked_for:
+        if looked_for[key] is not None:
+            raise DatasetMissingError(looked_for[key])
+        return
+    try:
+        _fetch_if_missing(cfg)
+    except DatasetMissingError as exc:
+        if looked_for is not None:
+            looked_for[key] = str(exc)
+        raise
+    if looked_for is not None:
+        looked_for[key] = None
+
+
+def _fetch_if_missing(cfg: DictConfig) -> None:
     try:
         prepare(cfg.data.name, cfg.paths.data_dir, download=False)
     except DatasetMissingError:

@@ -74,3 +74,19 @@ def test_backbones_in_images_and_operations_per_second(isolated_paths, capsys):
     gops = report.complexity("darknet53", (3, 32, 32), classifier_before_pool=True).gops
     assert measured["gops_per_s_darknet53"] == pytest.approx(gops * measured["fps_darknet53"], rel=0.01, abs=0.01)
     assert set(measured) == {f"{kind}_{name}" for kind in ("fps", "gops_per_s") for name in backbones}
+
+
+def test_full_profile_backbones_are_not_timed_on_a_cpu(isolated_paths, monkeypatch, capsys):
+    """The full profile's timings are the paper's GPU's: without one they are `not_run`, and
+    `profile.allow_cpu=true` times them here all the same."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    backbones = {"darknet19": {}, "darknet53": {"classifier_before_pool": True}, "resnet101": {}, "resnet152": {}}
+    report = Report(compose("yolov3", "full"))
+    show_backbone_fps(report, "table2_speed", backbones, input_size=32, repeats=1)
+    frame = report.frames["table2_speed"]
+    assert set(frame["status"]) == {"not_run"} and frame["note"].str.contains("allow_cpu=true").all()
+    assert capsys.readouterr().out == ""  # nothing was timed
+
+    forced = Report(compose("yolov3", "full", ["profile.allow_cpu=true"]))
+    show_backbone_fps(forced, "table2_speed", backbones, input_size=32, repeats=1)
+    assert "'fps_darknet53'" in capsys.readouterr().out

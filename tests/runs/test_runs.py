@@ -118,6 +118,27 @@ def test_missing_dataset_is_a_clear_error_and_a_not_run_row(tmp_path):
     assert "cifar-10-batches-py" in results["resnet20_cifar10"]["not_run"]
 
 
+def test_run_all_looks_for_each_data_set_once(tmp_path, monkeypatch):
+    """A plan of 29 CIFAR and ImageNet runs tries each set's download once (a node without a
+    network would otherwise wait out each failed download), gives every run the reason, and the
+    next run_all looks again."""
+    tried = []
+
+    def absent(name, data_dir, download=False):
+        tried.append((name, download))
+        raise DatasetMissingError(f"{name} not found here (download tried: {download})")
+
+    monkeypatch.setattr("replicate.runs.launch.prepare", absent)
+    overrides = [f"paths.data_dir={tmp_path / 'data'}", f"paths.run_dir={tmp_path / 'runs'}"]
+    results = runs.run_all("densenet", "full", overrides, verbose=False)
+    assert len(results) > 20 and all("not found here" in r["not_run"] for r in results.values())
+    assert sorted(set(tried)) == sorted(tried)  # each set and mode once
+    assert {name for name, _ in tried} == {r["dataset"] for r in results.values()}
+    first = len(tried)
+    runs.run_all("densenet", "full", overrides, verbose=False)
+    assert len(tried) == 2 * first
+
+
 @pytest.mark.parametrize("paper,name", [("resnet", "resnet50_imagenet"), ("yolov3", "yolov3_coco")])
 def test_a_run_without_its_data_builds_nothing_and_leaves_no_folder(tmp_path, monkeypatch, paper, name):
     """ImageNet and COCO are never downloaded: their absence is found before the network, the
