@@ -46,10 +46,11 @@ def full_profile_on_cpu(cfg: DictConfig, device_type: str | None = None) -> bool
 
 class RefuseFullOnCpu(Callback):
     """Raises `ConfigError` at the start of a full-profile fit on a CPU (after the data loaded, so a
-    missing dataset is still reported as such), unless `profile.allow_cpu` is true."""
+    missing dataset is still reported as such), unless `profile.allow_cpu` is true. The message
+    estimates the training's duration where the data module knows its input size (classifiers)."""
 
-    def __init__(self, cfg: DictConfig, input_size=None):
-        self.cfg, self.input_size = cfg, input_size
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
 
     def on_fit_start(self, trainer, pl_module) -> None:
         cfg = self.cfg
@@ -57,8 +58,9 @@ class RefuseFullOnCpu(Callback):
             return
         recipe = cfg.recipe
         estimate = ""
-        if self.input_size is not None:
-            seconds = expected_seconds(pl_module.model, self.input_size, recipe.max_steps, recipe.batch_size)
+        input_size = getattr(trainer.datamodule, "input_size", None)
+        if input_size is not None:
+            seconds = expected_seconds(pl_module.model, input_size, recipe.max_steps, recipe.batch_size)
             estimate = f" At this CPU's measured speed that is at least {datetime.timedelta(seconds=round(seconds))}."
         raise ConfigError(
             f"{cfg.paper.id}/{cfg.experiment}: the full profile trains {recipe.max_steps} iterations of "

@@ -27,22 +27,19 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .. import determinism, models
-from ..config import config_hash
+from .. import models
 from ..data.detection import build_detection_datamodule, proposals, skipped_files
 from ..data.tensor_datamodule import subset_indices
 from ..errors import ConfigError
-from ..guard import RefuseFullOnCpu
-from ..measure.complexity import count_params
 from ..models.protocols import Detector
 from ..tasks.detection import DetectionTask, to_cpu, to_original_size
 from .alternating import fit_alternating
 from .pretrain import initial_weights, pretrained_part, pretrain_or_load
-from .store import checkpoint_step, write_result
-from .trainer import StepTimer, progress_log, quiet_lightning, run_loggers, step_seconds
+from .trainer import (StepTimer, begin_run, finish_run, fit_resumed, make_trainer, run_result, step_seconds,
+                      write_config)
 
 
 log = logging.getLogger(__name__)
@@ -119,9 +116,7 @@ def attach_proposals(datamodule, cfg: DictConfig) -> None:
 def train_detector(cfg: DictConfig, directory: Path, callbacks: Sequence[Callback] = ()) -> dict:
     """Train and test the detection experiment `cfg` in its run folder `directory`: the detection
     branch of `runs.run`, which owns the cache, the lock and `--force`."""
-    result_path = directory / "result.json"
-    quiet_lightning()
-    determinism.prepare(cfg)
+    begin_run(cfg)
     recipe = cfg.recipe
     training = recipe.get("training", "joint")  # one of validate.TRAINING_SCHEMES, checked at compose
     # Build the data first: a missing data set raises before anything is written.
@@ -147,8 +142,7 @@ def train_detector(cfg: DictConfig, directory: Path, callbacks: Sequence[Callbac
         task_class = ProposalDetectionTask
     datamodule.setup()
 
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(cfg, directory)
     untrained = score_untrained(cfg, model, task_class, datamodule, directory)
     timer = StepTimer()
 
@@ -156,30 +150,16 @@ def train_detector(cfg: DictConfig, directory: Path, callbacks: Sequence[Callbac
         """A trainer and task for `model` under `stage_recipe`, fitted (resumed from
         `checkpoints`/last.ckpt when there is one) and logging to `logs`; returns them with the
         step it resumed from."""
-        checkpoint = ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0,
-                                     every_n_train_steps=stage_recipe.checkpoint_every_steps)
         validate = bool(stage_recipe.get("val_every_steps"))
-        trainer = L.Trainer(
-            **OmegaConf.to_container(cfg.trainer, resolve=True),
-            max_steps=stage_recipe.max_steps, max_epochs=-1,
-            # Scoring mAP on the whole test set is costly: detection runs validate only when asked.
-            val_check_interval=stage_recipe.val_every_steps if validate else None,
-            check_val_every_n_epoch=None, limit_val_batches=1.0 if validate else 0,
-            num_sanity_val_steps=0,
-            callbacks=[checkpoint, timer, determinism.RngState(), *progress_log(cfg, stage_recipe, logs[len("logs"):]),
-                       *callbacks, RefuseFullOnCpu(cfg)],
-            logger=run_loggers(cfg, directory, logs), default_root_dir=str(directory),
-        )
-        world = trainer.world_size
-        if stage_recipe.batch_size % world:
-            raise ConfigError(f"recipe.batch_size={stage_recipe.batch_size} does not split over {world} devices.")
-        datamodule.batch_size = stage_recipe.batch_size // world
+        # Scoring mAP on the whole test set is costly: detection runs validate only when asked.
+        validation = {"val_check_interval": stage_recipe.val_every_steps if validate else None,
+                      "check_val_every_n_epoch": None, "limit_val_batches": 1.0 if validate else 0}
+        trainer = make_trainer(cfg, directory, stage_recipe, checkpoints=checkpoints, validation=validation,
+                               extra=[timer], callbacks=callbacks, logs=logs)
+        datamodule.batch_size = stage_recipe.batch_size // trainer.world_size
         task = task_class(model, stage_recipe, num_classes=cfg.data.num_classes,
                           protocol=cfg.data.get("protocol", "voc07"))
-        last_path = checkpoints / "last.ckpt"
-        resumed = str(last_path) if last_path.exists() else None
-        resumed_step = checkpoint_step(resumed)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resumed)
+        resumed_step, _ = fit_resumed(trainer, task, datamodule, checkpoints)
         return trainer, task, resumed_step
 
     start = time.perf_counter()
@@ -220,26 +200,25 @@ def train_detector(cfg: DictConfig, directory: Path, callbacks: Sequence[Callbac
         model.box_regression = True
         post_hoc["test_map_no_bb"] = 100.0 * float(task.results["test"]["map"])
 
-    result = {
-        "paper": cfg.paper.id, "experiment": cfg.experiment, "profile": cfg.profile.name,
-        "config_hash": config_hash(cfg), "model": cfg.model.name, "dataset": cfg.data.name,
-        "protocol": scored["protocol"], "params": count_params(model),
-        "steps": sum(post_hoc["stage_steps"]) if "stage_steps" in post_hoc else trainer.global_step,
+    scores = {
+        "protocol": scored["protocol"],
         "test_map": 100.0 * float(scored["map"]),
         **{f"test_{k}": 100.0 * float(scored[k]) for k in ("map_50", "map_75") if k in scored},
         "per_class_ap": {k: round(100.0 * float(v), 2) for k, v in scored["per_class"].items()},
-        "train_seconds": round(train_seconds, 2), "seconds_per_step": step_seconds(timer.times[5:] or timer.times),
+        "seconds_per_step": step_seconds(timer.times[5:] or timer.times),
         "cpu_seconds_per_step": step_seconds(timer.cpu_times[5:] or timer.cpu_times),
         "test_seconds": round(test_seconds, 2), "test_images": len(task.detections["test"][1]),
-        "resumed_from_step": resumed_step, "run_dir": str(directory), **pretrained, **post_hoc, **untrained,
+        **pretrained, **post_hoc, **untrained,
         "skipped_files": skipped_files(datamodule.train_set, datamodule.test_set),
-        **determinism.machine(),
     }
+    steps = sum(post_hoc["stage_steps"]) if "stage_steps" in post_hoc else trainer.global_step
+    result = run_result(cfg, model, directory, steps=steps, train_seconds=train_seconds, resumed_step=resumed_step,
+                        scores=scores)
     if trainer.is_global_zero:
         torch.save([{k: v for k, v in p.items() if k in ("boxes", "scores", "labels")} for p in predictions],
                    directory / "detections.pt")
-        write_result(result, result_path, ("test_map", *(k for k in ("test_map_50", "test_map_75") if k in result)))
-    return {**result, "cached": False}
+    return finish_run(trainer, result, directory,
+                      ("test_map", *(k for k in ("test_map_50", "test_map_75") if k in result)))
 
 
 def score_untrained(cfg: DictConfig, model: torch.nn.Module, task_class, datamodule, directory: Path) -> dict:

@@ -1,21 +1,100 @@
-"""What every fit shares: Lightning kept quiet, the CSV (and W&B) loggers of a run folder,
-progress lines for logs, the step timer, and W&B's one run per experiment."""
+"""The training skeleton both runners share (`classification.train_classifier`,
+`detection.train_detector`), bottom up: a run begun (`begin_run`: Lightning kept quiet, the random
+streams seeded, the resolved config written), its trainer (`make_trainer`: the last checkpoint
+every `checkpoint_every_steps`, the saved random state, progress lines, the CSV and W&B loggers,
+the full profile's refusal on a CPU), a fit resumed from the last checkpoint (`fit_resumed`), and
+the result written (`run_result`, `finish_run`). Beside them: the step timer and W&B's one run per
+experiment."""
 
 from __future__ import annotations
 
 import logging
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
-from lightning.pytorch.callbacks import Callback
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from .. import determinism
 from ..config import config_hash, run_spec
 from ..errors import ConfigError
-from .store import load_curves
+from ..guard import RefuseFullOnCpu
+from ..measure.complexity import count_params
+from .store import checkpoint_step, load_curves, write_result
+
+
+def begin_run(cfg: DictConfig) -> None:
+    """Before anything trains: Lightning kept quiet and every random stream seeded."""
+    quiet_lightning()
+    determinism.prepare(cfg)
+
+
+def write_config(cfg: DictConfig, directory: Path) -> None:
+    """The run folder, with the resolved config the run trains (config.yaml)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def make_trainer(cfg: DictConfig, directory: Path, recipe: DictConfig, *, checkpoints: Path,
+                 validation: Mapping, extra: Sequence[Callback] = (), callbacks: Sequence[Callback] = (),
+                 logs: str = "logs") -> L.Trainer:
+    """A trainer for `recipe` (the run's, or one stage's of a multi-fit training) counted in
+    iterations (`max_steps`, epochs unbounded), validating as `validation` says (Lightning's
+    val_check_interval, check_val_every_n_epoch, limit_val_batches). Its callbacks, in order: the
+    last checkpoint in `checkpoints` every `checkpoint_every_steps`, the runner's `extra`, the
+    random state saved with each checkpoint, progress lines, the caller's `callbacks`, and
+    `RefuseFullOnCpu`. It logs to `directory`/`logs`. The batch must split over the devices."""
+    checkpoint = ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0,
+                                 every_n_train_steps=recipe.checkpoint_every_steps)
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        max_steps=recipe.max_steps, max_epochs=-1, num_sanity_val_steps=0, **validation,
+        callbacks=[checkpoint, *extra, determinism.RngState(), *progress_log(cfg, recipe, logs[len("logs"):]),
+                   *callbacks, RefuseFullOnCpu(cfg)],
+        logger=run_loggers(cfg, directory, logs), default_root_dir=str(directory),
+    )
+    if recipe.batch_size % trainer.world_size:
+        raise ConfigError(f"recipe.batch_size={recipe.batch_size} does not split over {trainer.world_size} devices.")
+    return trainer
+
+
+def fit_resumed(trainer: L.Trainer, task: L.LightningModule, datamodule, checkpoints: Path) -> tuple[int | None, float]:
+    """Fit `task`, resumed from `checkpoints`/last.ckpt when a previous attempt left one; returns
+    the step it resumed from (None: from scratch) and the fit's seconds."""
+    last = checkpoints / "last.ckpt"
+    resumed = str(last) if last.exists() else None
+    resumed_step = checkpoint_step(resumed)  # read now: fit() overwrites last.ckpt
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resumed)
+    return resumed_step, time.perf_counter() - start
+
+
+def run_result(cfg: DictConfig, model: torch.nn.Module, directory: Path, *, steps: int, train_seconds: float,
+               resumed_step: int | None, scores: Mapping) -> dict:
+    """result.json's fields: what ran (paper, experiment, profile, config hash, model, data set),
+    the network's parameters, `scores` (the runner's metrics and extras), the steps and seconds
+    trained, where it resumed, its run folder and the machine (`determinism.machine`)."""
+    return {
+        "paper": cfg.paper.id, "experiment": cfg.experiment, "profile": cfg.profile.name,
+        "config_hash": config_hash(cfg), "model": cfg.model.name, "dataset": cfg.data.name,
+        "params": count_params(model), "steps": steps, **scores,
+        "train_seconds": round(train_seconds, 2), "resumed_from_step": resumed_step, "run_dir": str(directory),
+        **determinism.machine(),
+    }
+
+
+def finish_run(trainer: L.Trainer, result: dict, directory: Path, required: Sequence[str]) -> dict:
+    """result.json written (by the first process only; `write_result` refuses an incomplete run
+    whose `required` metrics are missing or not finite) and the result returned as trained now."""
+    if trainer.is_global_zero:
+        write_result(result, directory / "result.json", required)
+    return {**result, "cached": False}
 
 
 def quiet_lightning() -> None:
