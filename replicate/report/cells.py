@@ -18,6 +18,7 @@ a reproduction.
 from __future__ import annotations
 
 import math
+import statistics
 import operator
 from collections.abc import Mapping
 
@@ -126,6 +127,17 @@ def run_columns(runs: Mapping[str, Mapping]) -> tuple[str, ...]:
     has_map = any("test_map" in r for r in runs.values())
     has_err = any("test_top1_err" in r for r in runs.values())
     return ("dataset", "steps", *(detection if has_map else ()), *(classification if has_err or not has_map else ()))
+
+
+def seed_spread(run: Mapping, quantity: str) -> tuple[float, float, list[int]] | None:
+    """Mean and standard deviation (sample, n - 1) of `quantity` over a run's seeds (`seed_runs`,
+    `runs.run_all`), as the papers print theirs (ResNet Table 6: "6.61±0.16"), and the seeds;
+    None for a single run or where a seed lacks the quantity."""
+    seeds = run.get("seed_runs") or {}
+    values = [r.get(quantity) for r in seeds.values()]
+    if len(values) < 2 or not all(isinstance(v, (int, float)) for v in values):
+        return None
+    return statistics.fmean(values), statistics.stdev(values), [int(s) for s in seeds]
 
 
 def join_notes(*parts) -> str:

@@ -15,7 +15,8 @@ from ..errors import ConfigError, ExactTableMismatch, FloorNotMet
 from ..measure.complexity import QUANTITIES, Complexity
 from ..measure.counts import stored_count
 from .cells import (CHANCE_MARGIN, COLUMNS, FLOOR_COLUMNS, OPS, STATUS_COLOURS, STATUSES, cell_tolerance, exact_status,
-                    exact_tolerance, floor_score, fmt, isnan, join_notes, percent, run_columns, untrained_score)
+                    exact_tolerance, floor_score, fmt, isnan, join_notes, percent, run_columns, seed_spread,
+                    untrained_score)
 from .files import git_commit, write_report
 
 
@@ -31,6 +32,7 @@ class Report:
         self.figures: dict[str, tuple[matplotlib.figure.Figure, pd.DataFrame | None]] = {}
         self.runs: dict[str, dict] = {}
         self.floor_frame: pd.DataFrame | None = None
+        self.spreads: dict[tuple[str, str], float] = {}  # (table, row): std over seeds, shown as ours ± std
         self._counted: dict[tuple, Complexity] = {}
         self.overrides = list(cfg.get("overrides") or [])
         if self.overrides:  # the notebook's first output says that this is not the standard report
@@ -138,13 +140,20 @@ class Report:
                 continue
             ours = result.get(quantity)
             ours = float(ours) if isinstance(ours, (int, float)) else float("nan")  # a missing value shows as NaN
+            spread = seed_spread(result, quantity)
+            seeds = ""
+            if spread is not None:  # several seeds: their mean, compared as the papers compare theirs
+                ours, std, seed_list = spread
+                self.spreads[(table_id, cell["row"])] = std
+                seeds = f"mean ± std of {len(seed_list)} seeds ({', '.join(map(str, seed_list))}): {ours:.4g} ± {std:.2g}"
             delta = ours - cell["paper"]
             if result.get("profile", self.profile) != "full":
                 status = "reduced"
-                note = join_notes(cell.get("note"), result.get("summary") or f"{result['dataset']}, {result['steps']} iterations")
+                note = join_notes(cell.get("note"), result.get("summary") or f"{result['dataset']}, {result['steps']} iterations",
+                                  seeds)
             else:
                 status = "match" if abs(delta) <= tol else "off"
-                note = cell.get("note", "")
+                note = join_notes(cell.get("note", ""), seeds)
             rows.append(self.cell_row(spec, cell, ours=ours, delta=delta, tolerance=tol, status=status, note=note))
         return self.store(table_id, rows)
 
@@ -250,6 +259,8 @@ class Report:
         shown = frame[["row", "metric", "paper", "ours", "delta", "tolerance", "status", "note"]].copy()
         for col in ("ours", "delta"):
             shown[col] = shown[col].map(fmt)
+        spread = [self.spreads.get((table_id, row)) for row in frame["row"]]
+        shown["ours"] = [f"{text} ± {std:.2g}" if std is not None else text for text, std in zip(shown["ours"], spread)]
         shown["tolerance"] = shown["tolerance"].map(lambda v: "" if v is None or isnan(v) else f"±{v:g}")
         if table_id in self.extra_columns:
             shown = shown.merge(self.extra_columns[table_id], on="row", how="left")

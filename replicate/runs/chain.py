@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from ..config import compose
 from ..errors import ConfigError, DatasetMissingError, choices
 from .launch import each_dataset_looked_for_once, run
-from .store import save_weights
+from .store import save_weights, seed_results
 
 
 def with_backbone_from(cfg: DictConfig, paper: str, profile: str, overrides: Sequence[str] = (),
@@ -52,7 +52,8 @@ def run_all(paper: str, profile: str, overrides: Sequence[str] = (), experiments
             *, verbose: bool = True) -> dict[str, dict]:
     """Run (or load) every experiment the paper lists for `profile` (or those named). Each data
     set is looked for once: when it is missing, every run that reads it is `not_run` with the
-    same reason."""
+    same reason. Where other seeds of an experiment have finished (`run ... -m seed=0,1,2`), its
+    result carries them all as `seed_runs` (by seed), and the tables show their mean ± std."""
     names = list(experiments) if experiments is not None else None
     if names is None:
         names = list(compose(paper, profile, overrides).paper.plan[profile])
@@ -73,6 +74,9 @@ def _run_each(paper: str, profile: str, overrides: Sequence[str], names: list[st
             if verbose:
                 print(f"{name:<22} not run: {str(exc).splitlines()[0]}")
             continue
+        seeds = seed_results(cfg)
+        if len(seeds) > 1:  # other seeds of this experiment were run: the tables show their mean ± std
+            result = {**result, "seed_runs": seeds}
         results[name] = result
         if verbose:
             how = "cached" if result["cached"] else f"trained {result['steps']} steps in {result['train_seconds']:.0f} s"

@@ -18,6 +18,7 @@ trains nothing; a run killed half-way continues from its last checkpoint.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..config import config_hash
 from ..errors import ConfigError, CorruptFileError, IncompleteRunError, RunLockedError
@@ -40,6 +41,40 @@ log = logging.getLogger(__name__)
 
 def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.run_dir) / cfg.paper.id / (cfg.experiment or "adhoc") / config_hash(cfg)
+
+
+def seed_results(cfg: DictConfig) -> dict[int, dict]:
+    """The finished runs of `cfg`'s experiment that differ from it in the seed alone (made by
+    `python -m replicate run paper=... experiment=... -m seed=0,1,2`), by seed, `cfg`'s own
+    included when it has finished: the folders beside its run folder whose config, given their
+    seed, is `cfg`'s (the same hash)."""
+    own = run_dir(cfg)
+    found = {}
+    for folder in sorted(own.parent.iterdir()) if own.parent.is_dir() else []:
+        if not (folder / "result.json").is_file() or not (folder / "config.yaml").is_file():
+            continue
+        seed = _seed_of(folder / "config.yaml")
+        if seed is None:
+            continue
+        if folder == own if seed == cfg.seed else config_hash(_with_seed(cfg, seed)) == folder.name:
+            found[seed] = load_result(folder)
+    return dict(sorted(found.items()))
+
+
+def _seed_of(config: Path) -> int | None:
+    # config.yaml is OmegaConf's dump: the top-level `seed: N` line, read without parsing the rest.
+    for line in config.read_text().splitlines():
+        if line.startswith("seed: "):
+            value = line[len("seed: "):].strip()
+            return int(value) if value.lstrip("-").isdigit() else None
+    return None
+
+
+def _with_seed(cfg: DictConfig, seed: int) -> DictConfig:
+    other = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(other, False)
+    other.seed = seed
+    return other
 
 
 @contextmanager

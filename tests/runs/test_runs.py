@@ -359,3 +359,27 @@ def test_the_full_profile_refuses_to_train_on_a_cpu_unless_forced(tmp_path):
         runs.run(compose("resnet", "full", overrides))
     assert not list((tmp_path / "runs").rglob("result.json"))
     assert runs.run(compose("resnet", "full", [*overrides, "profile.allow_cpu=true"]))["steps"] == 4
+
+
+def test_an_experiment_run_under_several_seeds_is_shown_as_their_mean_and_std(tmp_path):
+    """`run ... -m seed=0,1,2` leaves three runs of one experiment: run_all attaches all three
+    (and no run of another config), and the table shows their mean ± std beside the paper's."""
+    from replicate.report import Report
+
+    seeded = {seed: runs.run(small_cfg(tmp_path, steps=8, seed=seed)) for seed in (0, 1, 2)}
+    runs.run(small_cfg(tmp_path, steps=16, seed=5))  # another config (steps): not one of the seeds
+    overrides = [o for o in small_cfg(tmp_path, steps=8).overrides]
+    results = runs.run_all("resnet", "reduced", overrides, ["resnet20_cifar10"], verbose=False)
+    attached = results["resnet20_cifar10"]["seed_runs"]
+    assert sorted(attached) == [0, 1, 2]
+    errors = [seeded[s]["test_top1_err"] for s in (0, 1, 2)]
+    assert [attached[s]["test_top1_err"] for s in (0, 1, 2)] == errors
+    assert len(set(errors)) > 1  # the seeds differ, or the spread would prove nothing
+
+    report = Report(compose("resnet", "reduced", [f"paths.report_dir={tmp_path / 'reports'}"]))
+    frame = report.measured("table6_error", results)
+    row = frame.set_index("row").loc["ResNet-20"]
+    mean, std = sum(errors) / 3, (sum((e - sum(errors) / 3) ** 2 for e in errors) / 2) ** 0.5
+    assert row["ours"] == pytest.approx(mean) and "mean ± std of 3 seeds (0, 1, 2)" in row["note"]
+    shown = report.formatted("table6_error").set_index("row").loc["ResNet-20", "ours"]
+    assert shown == f"{mean:.4g} ± {std:.2g}"
