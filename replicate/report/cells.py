@@ -34,6 +34,8 @@ OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 # The status column's colours (Bootstrap's pale alert colours): green, amber, red, blue, grey.
 STATUS_COLOURS = {"match": "#d4edda", "explained": "#fff3cd", "off": "#f8d7da", "reduced": "#d1ecf1",
                   "not_run": "#e2e3e5"}
+FLOOR_COLOURS = {"pass": "#d4edda", "below target": "#fff3cd", "below floor": "#f8d7da", "missing": "#f8d7da",
+                 "not_run": "#e2e3e5"}
 
 
 def rounding_tolerance(value: float) -> float:

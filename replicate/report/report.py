@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import ConfigError, ExactTableMismatch, FloorNotMet
 from ..measure.complexity import QUANTITIES, Complexity
 from ..measure.counts import stored_count
-from .cells import (CHANCE_MARGIN, COLUMNS, FLOOR_COLUMNS, OPS, STATUS_COLOURS, STATUSES, cell_tolerance, exact_status,
+from .cells import (CHANCE_MARGIN, COLUMNS, FLOOR_COLOURS, FLOOR_COLUMNS, OPS, STATUS_COLOURS, STATUSES, cell_tolerance, exact_status,
                     exact_tolerance, floor_score, fmt, isnan, join_notes, percent, run_columns, seed_spread,
                     untrained_score)
 from .files import git_commit, write_report
@@ -305,14 +305,15 @@ class Report:
             raise FloorNotMet("Planned runs that do not clear their floor (conf/paper/%s.yaml: runs, floors):\n  %s"
                               % (self.paper.id, "\n  ".join(low)))
 
-    def floors(self, results: Mapping[str, dict]) -> pd.DataFrame:
+    def floors(self, results: Mapping[str, dict]):
         """Every planned run of this profile against its floor (conf/paper/<id>.yaml: `floors`):
         its score on the floor's metric, the same network untrained where the run scored it (a
         detector's chance row, `runs.detection.score_untrained`), the floor, and for
         detectors the profile's `detection_target` (conf/profile/<name>.yaml). Kept for
         `write` (floors.csv) and shown by the notebooks before `check`; `check` enforces the
         floors, not the target: a detector below its target is shown so, with its reason in the
-        notebook's text."""
+        notebook's text. Returns the view (as `view`: no index, blanks for what was not
+        measured, the status coloured); the data is `floor_frame`."""
         floors = (self.paper.get("floors") or {}).get(self.profile) or {}
         target = self.cfg.profile.get("detection_target")
         rows = []
@@ -336,7 +337,9 @@ class Report:
                     row["status"] = "pass"
             rows.append(row)
         self.floor_frame = pd.DataFrame(rows, columns=FLOOR_COLUMNS)
-        return self.floor_frame
+        return (self.floor_frame.style.hide(axis="index")
+                .format(lambda v: "" if v is None or isnan(v) else f"{v:g}" if isinstance(v, float) else str(v))
+                .map(lambda status: f"background-color: {FLOOR_COLOURS.get(status, 'transparent')}", subset=["status"]))
 
     def counts(self) -> dict[str, int]:
         frame = pd.concat(self.frames.values()) if self.frames else pd.DataFrame(columns=COLUMNS)

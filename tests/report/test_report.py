@@ -326,7 +326,9 @@ def test_the_floor_table_shows_each_planned_run_its_chance_row_and_the_detection
     OmegaConf.update(cfg, "paper.floors.reduced.resnet20_cifar10", 0.2, merge=False)
     OmegaConf.update(cfg, "paper.floors.reduced.resnet56_cifar10", 0.2, merge=False)
     report = Report(cfg)
-    table = report.floors(results).set_index("run")
+    shown = report.floors(results).to_html()  # the view: no index, blanks, the status coloured
+    assert "None" not in shown and "background-color: #fff3cd" in shown and "row_heading" not in shown
+    table = report.floor_frame.set_index("run")
     assert cfg.profile.detection_target == 0.5
     assert table.loc["resnet20_cifar10", ["metric", "ours", "untrained", "target", "status"]].tolist() == [
         "test mAP", 30.0, 1.0, 50.0, "below target"]
