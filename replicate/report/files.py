@@ -64,8 +64,9 @@ def git_commit() -> str | None:
 def publish(staging: Path, final: Path) -> None:
     """Put a finished report folder in place (`replace_dir`), then beside it what the paper's DVC
     stage declares (dvc.yaml), which DVC cannot declare inside the stage's output folder:
-    `<profile>.summary.json`, its metric, and `<profile>.curves/`, its plots: every learning
-    curve of the report (step, series, error), one line per series (template .dvc/plots/curves.json)."""
+    `<profile>.summary.json`, its metric, and its plots: `<profile>.curves/`, every learning
+    curve of the report (step, series, error), one line per series (template .dvc/plots/curves.json),
+    and `<profile>.figures/`, every figure as drawn (PNG: `dvc plots show` shows it as an image)."""
     replace_dir(staging, final)
     beside = final.with_name(f"{final.name}.summary.json")
     partial = beside.with_name(f".{beside.name}.{os.getpid()}")
@@ -82,6 +83,12 @@ def publish(staging: Path, final: Path) -> None:
             data["series"] = data["experiment"] + " " + data["curve"]
             data[["step", "series", "error"]].to_csv(partial / path.name, index=False)
     replace_dir(partial, curves)
+    figures = final.with_name(f"{final.name}.figures")
+    partial = figures.with_name(f".{figures.name}.{os.getpid()}")
+    partial.mkdir(parents=True)
+    for path in sorted(final.glob("*.png")):
+        shutil.copyfile(path, partial / path.name)
+    replace_dir(partial, figures)
 
 
 def replace_dir(source: Path, destination: Path) -> None:

@@ -236,8 +236,9 @@ def test_write_is_complete_and_updates_the_scoreboard(cfg, tmp_path):
 
 
 def test_a_published_report_has_its_dvc_metric_and_curves_beside_it(cfg, tmp_path):
-    """dvc.yaml declares `<profile>.summary.json` (metric) and `<profile>.curves/` (plots, one line
-    per series) beside each report folder: DVC cannot declare them inside the stage's output."""
+    """dvc.yaml declares `<profile>.summary.json` (metric), `<profile>.curves/` (plots, one line
+    per series) and `<profile>.figures/` (the figures as images) beside each report folder: DVC
+    cannot declare them inside the stage's output."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
@@ -254,6 +255,9 @@ def test_a_published_report_has_its_dvc_metric_and_curves_beside_it(cfg, tmp_pat
                                      "resnet20_cifar10 test"}
     assert curves.set_index(["series", "step"]).loc[("resnet20_cifar10 test", 20), "error"] == 201.0
     assert [p.name for p in out.with_name("reduced.curves").iterdir()] == ["fig6_curves.csv"]  # not table1.csv
+    figures = out.with_name("reduced.figures")  # every figure, as an image plot
+    assert [p.name for p in figures.iterdir()] == ["fig6_curves.png"]
+    assert (figures / "fig6_curves.png").read_bytes() == (out / "fig6_curves.png").read_bytes()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["headline"] == {"run": "resnet20_cifar10", "measure": "test accuracy", "score": 0.7}
     assert json.loads(out.with_name("reduced.summary.json").read_text()) == summary
