@@ -30,7 +30,7 @@ class Report:
         self.frames: dict[str, pd.DataFrame] = {}
         self.extra_columns: dict[str, pd.DataFrame] = {}
         self.figures: dict[str, tuple[matplotlib.figure.Figure, pd.DataFrame | None]] = {}
-        self.runs: dict[str, dict] = {}
+        self.results: dict[str, dict] = {}  # by experiment: the runs the tables were made from
         self.floor_frame: pd.DataFrame | None = None
         self.spreads: dict[tuple[str, str], float] = {}  # (table, row): std over seeds, shown as ours ± std
         self._counted: dict[tuple, Complexity] = {}
@@ -113,7 +113,7 @@ class Report:
         detector is the same experiment, but not started from a classifier)."""
         spec = self.spec(table_id)
         if record_runs:
-            self.runs.update(results)
+            self.results.update(results)
         if self.profile not in spec.get("measured_on", [self.profile]):
             reason = (spec.get("not_run_because") or {}).get(self.profile)
             if not reason:
@@ -195,7 +195,7 @@ class Report:
     def claims(self, claim_id: str, results: Mapping[str, dict]) -> pd.DataFrame:
         """Qualitative claims `lhs op rhs`, checked on the runs at hand (any profile)."""
         spec = self.spec(claim_id, "claims")
-        self.runs.update(results)
+        self.results.update(results)
         rows = []
         for cell in spec["cells"]:
             lhs, rhs = results.get(cell["lhs"]), results.get(cell["rhs"])
@@ -284,7 +284,7 @@ class Report:
         floors = (self.paper.get("floors") or {}).get(self.profile) or {}
         low = []
         for name, floor in floors.items():
-            run = self.runs.get(name)
+            run = self.results.get(name)
             if run is None:
                 low.append(f"{name}: planned, but the report has no result for it (the notebook did not run it)")
                 continue
@@ -359,10 +359,10 @@ class Report:
             lines += ["## Planned runs against their floors", "", "Percentages; `untrained`: the same network "
                       "before training; `target`: what a detector should reach at this profile.", "",
                       self.floor_frame.to_markdown(index=False, floatfmt=".4g"), ""]
-        if self.runs:
+        if self.results:
             lines += ["## Runs", "", pd.DataFrame(
-                [{"experiment": k, **{c: v.get(c) for c in run_columns(self.runs) + ("train_seconds", "cached")}}
-                 for k, v in self.runs.items()]).to_markdown(index=False, floatfmt=".4g"), ""]
+                [{"experiment": k, **{c: v.get(c) for c in run_columns(self.results) + ("train_seconds", "cached")}}
+                 for k, v in self.results.items()]).to_markdown(index=False, floatfmt=".4g"), ""]
         return "\n".join(lines)
 
     def metrics(self) -> dict:
@@ -372,17 +372,17 @@ class Report:
             "overrides": self.overrides,
             "commit": git_commit(),
             "cells": self.counts(),
-            "runs": {k: {c: v.get(c) for c in run_columns(self.runs)[1:]} for k, v in self.runs.items()},
+            "runs": {k: {c: v.get(c) for c in run_columns(self.results)[1:]} for k, v in self.results.items()},
         }
 
     def summary(self) -> dict:
         """What `dvc metrics show` lists, with the same keys for every paper so that the papers
         line up as rows of one table: the cells by status, and the headline run (the first the
         profile plans) with the score its floor is checked on (accuracy or mAP, 0-1)."""
-        planned = [name for name in (self.paper.get("plan") or {}).get(self.profile) or [] if name in self.runs]
+        planned = [name for name in (self.paper.get("plan") or {}).get(self.profile) or [] if name in self.results]
         headline = {"run": None, "measure": None, "score": None}
         if planned:
-            measure, score = floor_score(self.runs[planned[0]])
+            measure, score = floor_score(self.results[planned[0]])
             headline = {"run": planned[0], "measure": measure, "score": None if math.isnan(score) else round(score, 4)}
         return {**self.counts(), "headline": headline}
 

@@ -22,7 +22,7 @@ def test_dimension_clusters_of_the_training_boxes_make_table1(tiny_detection):
     report = Report(compose("yolov2", "reduced"))
     priors.show_dimension_clusters(report, "table1_priors", clusters, cfg)
     frame = report.frames["table1_priors"].set_index("row")
-    assert set(frame["status"]) == {"reduced"} and not report.runs  # statistics of the data, not runs
+    assert set(frame["status"]) == {"reduced"} and not report.results  # statistics of the data, not runs
     assert frame["note"].str.contains(f"synth_detection: {clusters.boxes} training boxes").all()
     by_cell = {priors.CELLS[(r["row"], r["num_priors"])]: r["avg_iou"] for r in clusters.rows}
     assert sorted(frame["ours"]) == pytest.approx(sorted(by_cell.values()))

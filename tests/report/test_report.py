@@ -247,7 +247,7 @@ def test_a_published_report_has_its_dvc_metric_and_curves_beside_it(cfg, tmp_pat
                          for e in ("plain20_cifar10", "resnet20_cifar10") for c in ("train", "test") for s in (10, 20)])
     report.add_figure("fig6_curves", plt.figure(), long)
     report.exact("table1")
-    report.runs["resnet20_cifar10"] = fake_result("resnet20_cifar10", 30.0)
+    report.results["resnet20_cifar10"] = fake_result("resnet20_cifar10", 30.0)
     out = report.write()
     curves = pd.read_csv(out.with_name("reduced.curves") / "fig6_curves.csv")
     assert list(curves.columns) == ["step", "series", "error"]
@@ -301,10 +301,10 @@ def test_a_floor_too_close_to_the_untrained_score_fails_the_check(cfg):
     OmegaConf.update(cfg, "paper.floors.reduced.resnet20_cifar10", 0.05, merge=False)
     untrained = {"untrained_map": 2.0, "test_map": 60.0}
     report = Report(cfg)
-    report.runs.update(planned_results(resnet20_cifar10=untrained))
+    report.results.update(planned_results(resnet20_cifar10=untrained))
     with pytest.raises(FloorNotMet, match="floor 5% is not 5x the untrained network's test mAP 2.00%"):
         report.check()
-    report.runs.update(planned_results(resnet20_cifar10={**untrained, "untrained_map": 0.9}))
+    report.results.update(planned_results(resnet20_cifar10={**untrained, "untrained_map": 0.9}))
     report.check()
 
 

@@ -147,14 +147,14 @@ def test_map_floors_are_checked_by_the_report(isolated_paths):
     floor = cfg.paper.floors.reduced.faster_rcnn_voc07
     for test_map, fails in ((100.0 * floor + 1, False), (100.0 * floor - 1, True)):
         report = Report(cfg)
-        report.runs["faster_rcnn_voc07"] = {"test_map": test_map, "steps": 600}
+        report.results["faster_rcnn_voc07"] = {"test_map": test_map, "steps": 600}
         if fails:
             with pytest.raises(FloorNotMet, match="faster_rcnn_voc07: test mAP"):
                 report.check()
         else:
             report.check()
     report = Report(cfg)
-    report.runs["faster_rcnn_voc07"] = {"not_run": "missing"}
+    report.results["faster_rcnn_voc07"] = {"not_run": "missing"}
     with pytest.raises(FloorNotMet, match="faster_rcnn_voc07: planned, but not run: missing"):
         report.check()
 
