@@ -19,16 +19,17 @@ import torch.nn.functional as F
 
 from replicate import models
 from replicate.config import compose_defaults
+from replicate.validate import COMPILE_MODES
 
 
 def measure(name: str, batch_size: int, input_size: int, steps: int, warmup: int, device: str,
-            precision: str, channels_last: bool, compile_model: bool, in_channels: int = 3) -> dict:
+            precision: str, channels_last: bool, compile_model: bool | str, in_channels: int = 3) -> dict:
     torch.backends.cudnn.benchmark = True
     model = models.build(name, in_channels=in_channels).to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    if compile_model:
-        model = torch.compile(model)
+    if compile_model:  # true: torch.compile's default mode; a string names the mode (reduce-overhead: CUDA graphs)
+        model = torch.compile(model, mode=None if compile_model is True else compile_model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(batch_size, in_channels, input_size, input_size, device=device).to(memory_format=memory_format)
     y = torch.randint(0, 10, (batch_size,), device=device)
@@ -73,12 +74,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default=full.trainer.precision if torch.cuda.is_available() else "32-true")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=full.speed.channels_last)
-    parser.add_argument("--compile", action="store_true", default=full.speed.compile)
+    parser.add_argument("--compile", action="store_true", default=bool(full.speed.compile))
+    parser.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
+                        help="torch.compile's mode (implies --compile); reduce-overhead records CUDA graphs, which "
+                             "the small CIFAR networks' launch-bound steps need on a GPU")
     args = parser.parse_args()
+    compile_model = args.compile_mode or args.compile
     size = args.input_size or models.default_input_size(args.model)[1]
     batch = args.batch_size or (128 if size <= 64 else 256)
     print(json.dumps(measure(args.model, batch, size, args.steps, args.warmup, args.device, args.precision,
-                             args.channels_last, args.compile)))
+                             args.channels_last, compile_model)))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-t
               "transformer-engine", "transformer-engine-float16")
 
 
+# speed.compile: off, on (torch.compile's default mode), or one of its modes by name;
+# reduce-overhead records CUDA graphs (the small CIFAR networks' steps are bound by kernel launches).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -42,6 +47,8 @@ RULES: tuple[tuple[str, Callable, str, bool], ...] = (
     ("data.image_size", lambda v: _integer(v) and v >= 1, "an integer >= 1 (pixels)", True),
     ("trainer.precision", lambda v: str(v) in PRECISIONS, "one of " + ", ".join(PRECISIONS), False),
     ("trainer.num_nodes", lambda v: _integer(v) and v >= 1, "an integer >= 1", True),
+    ("speed.compile", lambda v: isinstance(v, bool) or v in COMPILE_MODES,
+     "true, false or one of torch.compile's modes: " + ", ".join(COMPILE_MODES), False),
 )
 
 

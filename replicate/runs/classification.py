@@ -16,7 +16,7 @@ from ..data import build_datamodule
 from ..errors import ConfigError
 from ..tasks import ClassificationTask
 from .pretrain import initial_weights
-from .trainer import begin_run, finish_run, fit_resumed, make_trainer, run_result, write_config
+from .trainer import StepTimer, begin_run, finish_run, fit_resumed, make_trainer, run_result, write_config
 
 
 def build_model(cfg: DictConfig):
@@ -53,8 +53,9 @@ def train_classifier(cfg: DictConfig, directory: Path, callbacks: Sequence[Callb
     # Validate every val_every_steps iterations counted across epochs, or (null) once an epoch.
     validation = {"val_check_interval": recipe.val_every_steps or 1.0,
                   "check_val_every_n_epoch": None if recipe.val_every_steps else 1}
+    timer = StepTimer()
     trainer = make_trainer(cfg, directory, recipe, checkpoints=directory / "checkpoints", validation=validation,
-                           extra=[best], callbacks=callbacks)
+                           extra=[best, timer], callbacks=callbacks)
     datamodule = build_datamodule(
         cfg.data, data_dir=cfg.paths.data_dir, batch_size=recipe.batch_size // trainer.world_size,
         augment=recipe.augment, normalize=recipe.normalize, seed=cfg.seed,
@@ -70,6 +71,7 @@ def train_classifier(cfg: DictConfig, directory: Path, callbacks: Sequence[Callb
         "test_top1_err": 100.0 * (1.0 - float(tested["test/top1_acc"])),
         "test_top5_err": 100.0 * (1.0 - float(tested["test/top5_acc"])),
         "train_err_final": task.final_train_error,
+        **timer.speed(),
     }
     result = run_result(cfg, model, directory, steps=trainer.global_step, train_seconds=train_seconds,
                         resumed_step=resumed_step, scores=scores)

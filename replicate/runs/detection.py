@@ -9,7 +9,7 @@ protocol. The run folder, the cache, checkpoints and resuming are `runs.store`'s
     test_map_50/75  COCO only (percent)
     per_class_ap    {class: AP in percent}
     untrained_map   the same network scored before its detection training (its chance level)
-    steps, train_seconds, seconds_per_step, params, ...
+    steps, train_seconds, seconds_per_step, data_wait_share (the loop's time waiting for batches), params, ...
 
 and `detections.pt` keeps the detections of the first test images, so a notebook can draw them
 from a cached run (`store.load_detections`). The mAP floors of the reduced profile are `floors`
@@ -38,8 +38,7 @@ from ..models.protocols import Detector
 from ..tasks.detection import DetectionTask, to_cpu, to_original_size
 from .alternating import fit_alternating
 from .pretrain import initial_weights, pretrained_part, pretrain_or_load
-from .trainer import (StepTimer, begin_run, finish_run, fit_resumed, make_trainer, run_result, step_seconds,
-                      write_config)
+from .trainer import StepTimer, begin_run, finish_run, fit_resumed, make_trainer, run_result, write_config
 
 
 log = logging.getLogger(__name__)
@@ -205,8 +204,7 @@ def train_detector(cfg: DictConfig, directory: Path, callbacks: Sequence[Callbac
         "test_map": 100.0 * float(scored["map"]),
         **{f"test_{k}": 100.0 * float(scored[k]) for k in ("map_50", "map_75") if k in scored},
         "per_class_ap": {k: round(100.0 * float(v), 2) for k, v in scored["per_class"].items()},
-        "seconds_per_step": step_seconds(timer.times[5:] or timer.times),
-        "cpu_seconds_per_step": step_seconds(timer.cpu_times[5:] or timer.cpu_times),
+        **timer.speed(),
         "test_seconds": round(test_seconds, 2), "test_images": len(task.detections["test"][1]),
         **pretrained, **post_hoc, **untrained,
         "skipped_files": skipped_files(datamodule.train_set, datamodule.test_set),

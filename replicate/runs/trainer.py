@@ -182,16 +182,38 @@ def step_seconds(callback_times: list[float]) -> float | None:
 
 class StepTimer(Callback):
     """Seconds of each training step (forward, backward, update), wall clock and the process's
-    CPU time (all its threads: on a shared machine the wall clock overstates a quiet one's)."""
+    CPU time (all its threads: on a shared machine the wall clock overstates a quiet one's), and
+    the wall-clock wait before each step for its batch (the loader, the copy to the device and
+    the loop's own work between steps): `speed` gives their means and the waiting share."""
+
+    SKIPPED = 5  # the first steps warm up (allocators, oneDNN primitives, cudnn benchmark)
 
     def __init__(self):
         self.times: list[float] = []
         self.cpu_times: list[float] = []
+        self.waits: list[float] = []
         self._start = self._cpu = 0.0
+        self._end: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._start, self._cpu = time.perf_counter(), time.process_time()
+        if self._end is not None:
+            self.waits.append(self._start - self._end)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.times.append(time.perf_counter() - self._start)
         self.cpu_times.append(time.process_time() - self._cpu)
+        self._end = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module):
+        self._end = None  # a validation pass between two steps is not waiting for data
+
+    def speed(self) -> dict:
+        """Mean seconds per step (wall and CPU) and the share of the training loop's wall time
+        spent waiting for batches (`data_wait_share`: near 0 when the data path keeps up),
+        after the warm-up steps."""
+        times, cpu, waits = (values[self.SKIPPED:] or values for values in (self.times, self.cpu_times, self.waits))
+        busy, waiting = sum(times), sum(waits)
+        share = round(waiting / (busy + waiting), 4) if waits and busy + waiting > 0 else None
+        return {"seconds_per_step": step_seconds(times), "cpu_seconds_per_step": step_seconds(cpu),
+                "data_wait_share": share}

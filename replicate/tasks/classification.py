@@ -35,7 +35,7 @@ class ClassificationTask(L.LightningModule):
     """
 
     def __init__(self, model: nn.Module, recipe: DictConfig, *, num_classes: int, channels_last: bool = False,
-                 compile_model: bool = False):
+                 compile_model: bool | str = False):
         super().__init__()
         self.model = model
         top5 = min(5, num_classes)
@@ -57,7 +57,9 @@ class ClassificationTask(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.compile_model and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
-            self.model = torch.compile(self.model)
+            # true: torch.compile's default mode; a string names the mode (speed.compile, validate.COMPILE_MODES)
+            mode = None if self.compile_model is True else self.compile_model
+            self.model = torch.compile(self.model, mode=mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:

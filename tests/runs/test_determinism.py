@@ -12,7 +12,7 @@ from tests.fakes import write_idx_fashion_mnist
 
 # What may differ between two runs of one config: where and how long they ran.
 NOT_RESULTS = {"run_dir", "cached", "train_seconds", "test_seconds", "seconds_per_step", "cpu_seconds_per_step",
-               "pretrain_seconds", "pretrain_cached", "post_hoc_seconds"}
+               "data_wait_share", "pretrain_seconds", "pretrain_cached", "post_hoc_seconds"}
 
 
 def weights(result):

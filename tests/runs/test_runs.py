@@ -35,6 +35,9 @@ def test_a_short_run_learns_and_is_cached(tmp_path, monkeypatch):
     assert result["train_err_final"] is not None
     saved = json.loads((runs.run_dir(cfg) / "result.json").read_text())
     assert saved["test_top1_err"] == result["test_top1_err"]
+    # The step timer: mean seconds per step and the loop's share of time waiting for batches
+    # (in-memory data on the same device: a small share, but measured, not assumed).
+    assert result["seconds_per_step"] > 0 and 0 <= result["data_wait_share"] < 0.5
     curves = runs.load_curves(result)
     assert {"train/err", "val/top1_err", "lr"} <= set(curves.columns)
 
@@ -218,6 +221,7 @@ def test_result_json_holds_no_absolute_path_and_a_moved_run_is_found_where_it_is
 @pytest.mark.parametrize("override,key", [("recipe.lr=abc", "recipe.lr"), ("recipe.lr=-1", "recipe.lr"),
                                           ("recipe.max_steps=0", "recipe.max_steps"), ("seed=abc", "seed"),
                                           ("trainer.precision=17", "trainer.precision"),
+                                          ("speed.compile=fast", "speed.compile"),
                                           ("data.train_subset=16", "data.train_subset")])
 def test_a_bad_value_is_refused_at_compose_and_leaves_no_folder(tmp_path, override, key):
     from replicate.errors import ConfigError

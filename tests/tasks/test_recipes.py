@@ -168,3 +168,19 @@ def test_random_resized_crop_keeps_shape_and_draws_per_sample():
     # A full-area, unit-ratio crop without flip is the identity.
     same = T.random_resized_crop_flip(x[:1], area=(1.0, 1.0), ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(1))
     assert torch.allclose(same, x[:1], atol=1e-3) or torch.allclose(same, x[:1].flip(-1), atol=1e-3)
+
+
+@pytest.mark.parametrize("setting,mode", [(True, None), ("reduce-overhead", "reduce-overhead")])
+def test_speed_compile_names_torch_compiles_mode(monkeypatch, setting, mode):
+    """speed.compile: true compiles in torch.compile's default mode; a mode's name is passed on
+    (reduce-overhead: CUDA graphs for launch-bound steps)."""
+    from omegaconf import OmegaConf
+
+    from replicate.tasks import ClassificationTask
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    recipe = OmegaConf.create({"lr": 0.1})
+    task = ClassificationTask(nn.Linear(4, 3), recipe, num_classes=3, compile_model=setting)
+    task.configure_model()
+    assert seen == [mode]
