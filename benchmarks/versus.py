@@ -5,10 +5,10 @@
     python benchmarks/versus.py all --device cpu          # every pair below, train and infer
 
 The two models get the same batch, precision (fp32 on CPU, bf16 autocast on CUDA), memory format
-and compile setting, and are timed alternately (ours, theirs, ours, theirs, ...) after a warm-up, so
-that a machine that speeds up or slows down affects both. Each round times `--steps` iterations; the
-last line is `ratio ours/reference R`, the median over rounds of ours/theirs in images per second
-(above 1: ours is faster). `--flush-denormal` flushes denormal floats to zero on the CPU (the
+and compile setting, and are timed alternately after a warm-up (ours then theirs, then theirs then
+ours, ...), so that a machine that speeds up or slows down affects both and neither always runs
+first. Each round times `--steps` iterations; the last line is `ratio ours/reference R`, the median
+over rounds of ours/theirs in images per second (above 1: ours is faster). `--flush-denormal` flushes denormal floats to zero on the CPU (the
 workbook's runs do not): randomly initialised networks spend a share of the CPU time on denormal
 arithmetic, and how much depends on the initialisation (ours follows each paper's), not on the
 architecture.
@@ -115,8 +115,11 @@ def versus(name: str, device: str = "cpu", mode: str = "train", batch_size: int 
             step()
     _sync(device)
     speeds: dict[str, list[float]] = {k: [] for k in steppers}
-    for _ in range(rounds):
-        for key, step in steppers.items():
+    for index in range(rounds):
+        # A B, then B A, ...: neither network always runs first (in a warm cache, after the other's
+        # allocations), so an order effect cancels out of the median ratio.
+        order = list(steppers.items()) if index % 2 == 0 else list(steppers.items())[::-1]
+        for key, step in order:
             start = time.perf_counter()
             for _ in range(steps):
                 step()
