@@ -7,11 +7,12 @@
 The two models get the same batch, precision (fp32 on CPU, bf16 autocast on CUDA), memory format
 and compile setting, and are timed alternately after a warm-up (ours then theirs, then theirs then
 ours, ...), so that a machine that speeds up or slows down affects both and neither always runs
-first. Each round times `--steps` iterations; the last line is `ratio ours/reference R`, the median
-over rounds of ours/theirs in images per second (above 1: ours is faster). `--flush-denormal` flushes denormal floats to zero on the CPU (the
-workbook's runs do not): randomly initialised networks spend a share of the CPU time on denormal
-arithmetic, and how much depends on the initialisation (ours follows each paper's), not on the
-architecture.
+first. Each round runs one untimed iteration (the network takes its memory and caches back from
+the other's), then times `--steps` iterations; the last line is `ratio ours/reference R`, the median
+over rounds of ours/theirs in images per second (above 1: ours is faster). `--flush-denormal`
+flushes denormal floats to zero on the CPU (the workbook's runs do not): randomly initialised
+networks spend a share of the CPU time on denormal arithmetic, and how much depends on the
+initialisation (ours follows each paper's), not on the architecture.
 
 References: torchvision for ResNet-50 (ours built with `downsample_on="3x3"`, torchvision's v1.5
 layout), VGG-16, MobileNet V2, MobileNet V3-Large, DenseNet-121 and EfficientNet-B3; timm for
@@ -120,6 +121,8 @@ def versus(name: str, device: str = "cpu", mode: str = "train", batch_size: int 
         # allocations), so an order effect cancels out of the median ratio.
         order = list(steppers.items()) if index % 2 == 0 else list(steppers.items())[::-1]
         for key, step in order:
+            step()  # untimed: the memory and caches this network needs, taken back from the other's
+            _sync(device)
             start = time.perf_counter()
             for _ in range(steps):
                 step()
