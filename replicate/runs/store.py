@@ -56,7 +56,8 @@ def seed_results(cfg: DictConfig) -> dict[int, dict]:
         seed = _seed_of(folder / "config.yaml")
         if seed is None:
             continue
-        if folder == own if seed == cfg.seed else config_hash(_with_seed(cfg, seed)) == folder.name:
+        same_config = (folder == own) if seed == cfg.seed else (config_hash(_with_seed(cfg, seed)) == folder.name)
+        if same_config:
             found[seed] = load_result(folder)
     return dict(sorted(found.items()))
 

@@ -1,6 +1,6 @@
 """The training skeleton both runners share (`classification.train_classifier`,
 `detection.train_detector`), bottom up: a run begun (`begin_run`: Lightning kept quiet, the random
-streams seeded, the resolved config written), its trainer (`make_trainer`: the last checkpoint
+streams seeded; `write_config`: the resolved config in the run folder), its trainer (`make_trainer`: the last checkpoint
 every `checkpoint_every_steps`, the saved random state, progress lines, the CSV and W&B loggers,
 the full profile's refusal on a CPU), a fit resumed from the last checkpoint (`fit_resumed`), and
 the result written (`run_result`, `finish_run`). Beside them: the step timer and W&B's one run per
@@ -204,6 +204,9 @@ class StepTimer(Callback):
         self.times.append(time.perf_counter() - self._start)
         self.cpu_times.append(time.process_time() - self._cpu)
         self._end = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module):
+        self._end = None  # a new fit (Faster R-CNN's next stage): its set-up is not waiting for data
 
     def on_validation_start(self, trainer, pl_module):
         self._end = None  # a validation pass between two steps is not waiting for data
