@@ -80,13 +80,14 @@ SWEPT_METRICS = ("test_top1_err", "test_top5_err", "train_err_final", "test_map"
 
 def sweep_summary(results: list[dict]) -> dict[str, str]:
     """Mean ± sample standard deviation of each metric over a sweep's runs (the papers' "6.61 ± 0.16")."""
-    import statistics
+    from .report.cells import mean_std
 
     summary = {}
     for key in SWEPT_METRICS:
         values = [r[key] for r in results if isinstance(r.get(key), (int, float))]
-        if len(values) >= 2:
-            summary[key] = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+        spread = mean_std(values)
+        if spread is not None:
+            summary[key] = f"{spread[0]:.2f} ± {spread[1]:.2f} (n={len(values)})"
     return summary
 
 

@@ -18,9 +18,9 @@ a reproduction.
 from __future__ import annotations
 
 import math
-import statistics
 import operator
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 
 from ..errors import ConfigError
 
@@ -131,15 +131,21 @@ def run_columns(runs: Mapping[str, Mapping]) -> tuple[str, ...]:
     return ("dataset", "steps", *(detection if has_map else ()), *(classification if has_err or not has_map else ()))
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (n - 1), as the papers print theirs over runs (ResNet
+    Table 6: "6.61±0.16"); None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    return statistics.fmean(values), statistics.stdev(values)
+
+
 def seed_spread(run: Mapping, quantity: str) -> tuple[float, float, list[int]] | None:
-    """Mean and standard deviation (sample, n - 1) of `quantity` over a run's seeds (`seed_runs`,
-    `runs.run_all`), as the papers print theirs (ResNet Table 6: "6.61±0.16"), and the seeds;
+    """`mean_std` of `quantity` over a run's seeds (`seed_runs`, `runs.run_all`), and the seeds;
     None for a single run or where a seed lacks the quantity."""
     seeds = run.get("seed_runs") or {}
     values = [r.get(quantity) for r in seeds.values()]
-    if len(values) < 2 or not all(isinstance(v, (int, float)) for v in values):
-        return None
-    return statistics.fmean(values), statistics.stdev(values), [int(s) for s in seeds]
+    spread = mean_std(values) if all(isinstance(v, (int, float)) for v in values) else None
+    return None if spread is None else (*spread, [int(s) for s in seeds])
 
 
 def join_notes(*parts) -> str:

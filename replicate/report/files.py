@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -72,23 +73,28 @@ def publish(staging: Path, final: Path) -> None:
     partial = beside.with_name(f".{beside.name}.{os.getpid()}")
     shutil.copyfile(final / "summary.json", partial)
     os.replace(partial, beside)
-    curves = final.with_name(f"{final.name}.curves")
-    partial = curves.with_name(f".{curves.name}.{os.getpid()}")
+    with _beside(final, "curves") as curves:
+        for path in sorted(final.glob("*.csv")):
+            with open(path) as f:
+                header = set(f.readline().strip().split(","))
+            if CURVE_COLUMNS <= header:
+                data = pd.read_csv(path)
+                data["series"] = data["experiment"] + " " + data["curve"]
+                data[["step", "series", "error"]].to_csv(curves / path.name, index=False)
+    with _beside(final, "figures") as figures:
+        for path in sorted(final.glob("*.png")):
+            shutil.copyfile(path, figures / path.name)
+
+
+@contextmanager
+def _beside(final: Path, suffix: str):
+    """The folder `<profile>.<suffix>` beside the report folder `final`, filled in a staging
+    folder and put in place whole (`replace_dir`)."""
+    target = final.with_name(f"{final.name}.{suffix}")
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
     partial.mkdir(parents=True)
-    for path in sorted(final.glob("*.csv")):
-        with open(path) as f:
-            header = set(f.readline().strip().split(","))
-        if CURVE_COLUMNS <= header:
-            data = pd.read_csv(path)
-            data["series"] = data["experiment"] + " " + data["curve"]
-            data[["step", "series", "error"]].to_csv(partial / path.name, index=False)
-    replace_dir(partial, curves)
-    figures = final.with_name(f"{final.name}.figures")
-    partial = figures.with_name(f".{figures.name}.{os.getpid()}")
-    partial.mkdir(parents=True)
-    for path in sorted(final.glob("*.png")):
-        shutil.copyfile(path, partial / path.name)
-    replace_dir(partial, figures)
+    yield partial
+    replace_dir(partial, target)
 
 
 def replace_dir(source: Path, destination: Path) -> None:
