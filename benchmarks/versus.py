@@ -8,8 +8,9 @@ The two models get the same batch, precision (fp32 on CPU, bf16 autocast on CUDA
 and compile setting, and are timed alternately after a warm-up (ours then theirs, then theirs then
 ours, ...), so that a machine that speeds up or slows down affects both and neither always runs
 first. Each round runs one untimed iteration (the network takes its memory and caches back from
-the other's), then times `--steps` iterations; the last line is `ratio ours/reference R`, the median
-over rounds of ours/theirs in images per second (above 1: ours is faster). `--flush-denormal`
+the other's), then times `--steps` iterations one by one; the k-th timed iteration of each network
+in a round make a pair, and the last line is `ratio ours/reference R`, the median over the pairs of
+ours/theirs in images per second (above 1: ours is faster). `--flush-denormal`
 flushes denormal floats to zero on the CPU (the workbook's runs do not): randomly initialised
 networks spend a share of the CPU time on denormal arithmetic, and how much depends on the
 initialisation (ours follows each paper's), not on the architecture.
@@ -96,10 +97,32 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def race(steppers: dict[str, Callable[[], None]], rounds: int, steps: int,
+         sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+    """Seconds of each timed iteration of every stepper, in alternating rounds: A B, then B A, ...,
+    so that neither always runs first (in a warm cache, after the other's allocations). A
+    stepper's turn in a round is one untimed iteration (it takes its memory and caches back from
+    the other's), then `steps` iterations timed one by one: the k-th iteration of A and of B in a
+    round, a few seconds apart, make a pair."""
+    seconds: dict[str, list[float]] = {k: [] for k in steppers}
+    for index in range(rounds):
+        order = list(steppers.items()) if index % 2 == 0 else list(steppers.items())[::-1]
+        for key, step in order:
+            step()
+            sync()
+            for _ in range(steps):
+                start = time.perf_counter()
+                step()
+                sync()
+                seconds[key].append(time.perf_counter() - start)
+    return seconds
+
+
 def versus(name: str, device: str = "cpu", mode: str = "train", batch_size: int = 16, input_size: int = 224,
            compile_model: bool = False, channels_last: bool = True, steps: int = 3, rounds: int = 5,
            warmup: int = 2) -> dict:
-    """Images per second of ours and the reference, alternating rounds; the median ratio."""
+    """Images per second of ours and the reference (medians over their iterations) and the median
+    of the pairwise ratios (`race`)."""
     ours_name, kwargs, reference, label = PAIRS[name]
     torch.manual_seed(0)
     built = {"ours": models.build(ours_name, **kwargs), label: reference()}
@@ -115,26 +138,15 @@ def versus(name: str, device: str = "cpu", mode: str = "train", batch_size: int 
         for _ in range(warmup):
             step()
     _sync(device)
-    speeds: dict[str, list[float]] = {k: [] for k in steppers}
-    for index in range(rounds):
-        # A B, then B A, ...: neither network always runs first (in a warm cache, after the other's
-        # allocations), so an order effect cancels out of the median ratio.
-        order = list(steppers.items()) if index % 2 == 0 else list(steppers.items())[::-1]
-        for key, step in order:
-            step()  # untimed: the memory and caches this network needs, taken back from the other's
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            _sync(device)
-            speeds[key].append(steps * batch_size / (time.perf_counter() - start))
+    seconds = race(steppers, rounds, steps, lambda: _sync(device))
+    speeds = {k: [batch_size / t for t in v] for k, v in seconds.items()}
     ratios = [a / b for a, b in zip(speeds["ours"], speeds[label])]
     return {"model": name, "reference": label, "mode": mode, "device": device, "batch_size": batch_size,
             "input_size": input_size, "threads": torch.get_num_threads(),
             "ours_img_s": statistics.median(speeds["ours"]), "reference_img_s": statistics.median(speeds[label]),
             "ours_mparams": sizes["ours"].mparams, "reference_mparams": sizes[label].mparams,
             "ours_gmacs": sizes["ours"].gmacs, "reference_gmacs": sizes[label].gmacs,
-            "ratio": statistics.median(ratios)}
+            "ratio": statistics.median(ratios), "ratios": ratios}
 
 
 def main() -> None:
@@ -167,6 +179,7 @@ def main() -> None:
                   f"{r['ours_gmacs']:7.3f} G multiply-adds")
             print(f"  {r['reference']:<10} {r['reference_img_s']:9.1f} img/s  {r['reference_mparams']:7.2f} M params  "
                   f"{r['reference_gmacs']:7.3f} G multiply-adds")
+            print(f"  {len(r['ratios'])} pairs of iterations, ratios {min(r['ratios']):.3f} to {max(r['ratios']):.3f}")
             print(f"ratio ours/reference {r['ratio']:.3f}", flush=True)
 
 

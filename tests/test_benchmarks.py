@@ -26,3 +26,13 @@ def test_notebook_fixed_cost_splits_training_cells_from_the_rest(tmp_path):
     times = load("notebook_fixed_cost").cell_times(Path(path))
     assert times["training"] == 12.0 and times["other"] == 5.0 and times["between"] == 3.0
     assert times["slowest"] == (3.5, "from replicate import config, runs")
+
+
+def test_versus_alternates_the_order_and_pairs_iterations_within_a_round():
+    calls = []
+    steppers = {"ours": lambda: calls.append("ours"), "theirs": lambda: calls.append("theirs")}
+    seconds = load("versus").race(steppers, rounds=3, steps=2)
+    # Each turn: one untimed iteration, then two timed ones; the order flips every round.
+    assert calls == ["ours"] * 3 + ["theirs"] * 3 + ["theirs"] * 3 + ["ours"] * 3 + ["ours"] * 3 + ["theirs"] * 3
+    assert [len(v) for v in seconds.values()] == [6, 6]
+    assert all(t >= 0 for v in seconds.values() for t in v)
