@@ -16,7 +16,7 @@ class Detector:
     * `resizable_input`: its `input_size` may change after training (YOLO's tables at several sizes);
     * `optional_box_regression`: `box_regression` can be switched off (R-CNN Table 2's rows);
     * `post_hoc_fit`: `fit_post_hoc(loader)` trains further parts after the network (R-CNN's SVMs
-      and box regressors, Sec. 2.3);
+      and box regressors, Sec. 2.3) and returns their statistics for the run's result;
     * `training_stages`: `train_stage` selects one stage's losses (Faster R-CNN's 4-step training).
     """
 

@@ -22,6 +22,9 @@ Training is the paper's three stages:
 3. box regression (Appendix C): per class, ridge regression (lambda = 1000) from pool5 features
    of proposals with IoU > 0.6 with a ground-truth box to the targets of Eq. 6-9.
 
+Before stages 2 and 3 the features are rescaled to an average norm of 20 (`FEATURE_NORM`), as
+the released code does: the paper's C and lambda hold at that scale.
+
 The CNNs: `rcnn_alexnet` is Krizhevsky et al.'s network as Caffe's reference model has it (the
 paper's "T-Net": conv1 96 11x11/4, LRN, max-pool; conv2 256 5x5 in 2 groups, LRN, max-pool; conv3
 384; conv4 384 and conv5 256 in 2 groups; max-pool: pool5 6 x 6 x 256 = 9216; fc6, fc7 4096);
@@ -52,6 +55,10 @@ FG_IOU = 0.5          # Sec. 2.3: fine-tuning positives
 SVM_NEG_IOU = 0.3     # Sec. 2.3: SVM negatives below this overlap
 BBOX_IOU = 0.6        # Appendix C: regression examples
 BBOX_LAMBDA = 1000.0  # Appendix C
+# The released code rescales the features of the SVMs (fc7) and of the regressors (pool5) to an
+# average L2 norm of 20 before fitting them: C = 0.001 and lambda = 1000 were chosen at that scale,
+# whatever the network's own feature norms (a narrower network's are smaller).
+FEATURE_NORM = 20.0
 TEST_NMS = 0.3
 
 
@@ -219,16 +226,20 @@ class RCNN(Detector, nn.Module):
         data = self.collect(loader)
         generator = generator or torch.Generator().manual_seed(0)
         fc7, iou, cls, gt = data["fc7"].double(), data["iou"], data["cls"], data["gt"]
-        stats = {}
+        fc7_norm, pool5_norm = (float(data[k].double().norm(dim=1).mean()) for k in ("fc7", "pool5"))
+        fc7_scale, pool5_scale = (FEATURE_NORM / n if n > 0 else 1.0 for n in (fc7_norm, pool5_norm))
+        fc7 = fc7 * fc7_scale
+        stats = {"svm_feature_norm": round(fc7_norm, 4), "bbox_feature_norm": round(pool5_norm, 4)}
         for k in range(1, self.num_classes + 1):
             positive = gt & (cls == k)
             # Negatives: proposals below 0.3 IoU with every instance of class k.
             negative = ~gt & ~((cls == k) & (iou >= SVM_NEG_IOU))
             w, b, hard = self._svm(fc7[positive], fc7[negative], generator)
-            self.svm_weight[k - 1] = w.to(self.svm_weight.dtype)
+            # The scale folded into the weights: w . (s x) = (s w) . x, so detection reads raw fc7.
+            self.svm_weight[k - 1] = (w * fc7_scale).to(self.svm_weight.dtype)
             self.svm_bias[k - 1] = float(b)
             stats[f"svm_hard_negatives_{k}"] = hard
-        pool5 = torch.cat([data["pool5"].double(), torch.ones(len(data["pool5"]), 1, dtype=torch.float64)], 1)
+        pool5 = torch.cat([data["pool5"].double() * pool5_scale, torch.ones(len(data["pool5"]), 1, dtype=torch.float64)], 1)
         for k in range(1, self.num_classes + 1):
             use = (cls == k) & (iou > BBOX_IOU)
             if not bool(use.any()):
@@ -237,7 +248,9 @@ class RCNN(Detector, nn.Module):
             t = B.encode(data["boxes"][use], data["matched"][use]).double()
             reg = self.bbox_lambda * torch.eye(x.shape[1], dtype=torch.float64)
             reg[-1, -1] = 0.0  # the bias is not regularised
-            self.bbox_weight[k - 1] = torch.linalg.solve(x.T @ x + reg, x.T @ t).to(self.bbox_weight.dtype)
+            beta = torch.linalg.solve(x.T @ x + reg, x.T @ t)
+            beta[:-1] *= pool5_scale  # folded in, as the SVMs' scale
+            self.bbox_weight[k - 1] = beta.to(self.bbox_weight.dtype)
         return stats
 
     def _svm(self, positives: Tensor, negatives: Tensor, generator: torch.Generator) -> tuple[Tensor, float, int]:

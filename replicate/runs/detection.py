@@ -9,6 +9,8 @@ protocol. The run folder, the cache, checkpoints and resuming are `runs.store`'s
     test_map_50/75  COCO only (percent)
     per_class_ap    {class: AP in percent}
     untrained_map   the same network scored before its detection training (its chance level)
+    fit_post_hoc's statistics (R-CNN: the SVMs' and regressors' average feature norms before
+                    their rescaling to 20, the hard negatives per class), post_hoc_seconds
     steps, train_seconds, seconds_per_step, data_wait_share (the loop's time waiting for batches), params, ...
 
 and `detections.pt` keeps the detections of the first test images, so a notebook can draw them
@@ -173,7 +175,7 @@ def train_detector(cfg: DictConfig, directory: Path, callbacks: Sequence[Callbac
     train_seconds = time.perf_counter() - start
     if model.post_hoc_fit:  # R-CNN's SVMs and box regressors
         start = time.perf_counter()
-        model.fit_post_hoc(datamodule.train_dataloader())
+        post_hoc.update(model.fit_post_hoc(datamodule.train_dataloader()))
         post_hoc["post_hoc_seconds"] = round(time.perf_counter() - start, 2)
         trainer.save_checkpoint(directory / "checkpoints" / "last.ckpt")  # with the SVMs and regressors
     start = time.perf_counter()

@@ -81,3 +81,25 @@ def test_post_hoc_stages_and_detections():
         assert all(any(torch.allclose(box, q) for q in p) for box in d["boxes"])
     with pytest.raises(ValueError, match="proposals"):
         model(images)
+
+
+def test_svms_and_regressors_see_features_at_norm_20_whatever_the_network_scale():
+    """The released code's convention: C and lambda hold at an average feature norm of 20, so a
+    network whose fc7 (or pool5) is k times larger gives the same detections."""
+    images, targets = proposal_batch()
+    proposals = [t["proposals"] for t in targets]
+    detections, stats = [], []
+    for k in (1.0, 7.0):
+        model = tiny(score_threshold=-1e9, detections_per_image=4)
+        with torch.no_grad():  # ReLU layers are positively homogeneous: fc7 and pool5 both scale by k
+            model.fc7.weight.mul_(k), model.fc7.bias.mul_(k)
+            conv5 = [m for m in model.features if isinstance(m, torch.nn.Conv2d)][-1]
+            conv5.weight.mul_(k), conv5.bias.mul_(k)
+            model.fc6.weight.div_(k)
+        stats.append(model.fit_post_hoc([(images, targets)]))
+        detections.append(model.eval()(images, proposals=proposals))
+    assert stats[1]["svm_feature_norm"] == pytest.approx(7 * stats[0]["svm_feature_norm"], rel=1e-5)
+    assert stats[1]["bbox_feature_norm"] == pytest.approx(7 * stats[0]["bbox_feature_norm"], rel=1e-5)
+    for a, b in zip(*detections):
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
