@@ -239,7 +239,8 @@ class RCNN(Detector, nn.Module):
             self.svm_weight[k - 1] = (w * fc7_scale).to(self.svm_weight.dtype)
             self.svm_bias[k - 1] = float(b)
             stats[f"svm_hard_negatives_{k}"] = hard
-        pool5 = torch.cat([data["pool5"].double() * pool5_scale, torch.ones(len(data["pool5"]), 1, dtype=torch.float64)], 1)
+        pool5 = data["pool5"].double() * pool5_scale
+        pool5 = torch.cat([pool5, torch.ones(len(pool5), 1, dtype=torch.float64)], 1)
         for k in range(1, self.num_classes + 1):
             use = (cls == k) & (iou > BBOX_IOU)
             if not bool(use.any()):
